@@ -1,0 +1,5 @@
+"""``python -m gradtui``."""
+
+from gradtui.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the gradtui CLI, one module each."""
