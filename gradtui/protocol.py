@@ -109,6 +109,8 @@ class Hello(Message):
     torch: str = ""
     every: int = 1
     started: float = 0.0
+    snapshot: str = ""
+    """Endpoint of the run's history (snapshot) service for late joiners; empty if none."""
 
     kind: Kind = field(init=False, default="hello")
 
@@ -195,6 +197,7 @@ def encode(msg: AnyMessage) -> Frames:
             torch=msg.torch,
             every=msg.every,
             started=msg.started,
+            snapshot=msg.snapshot,
         )
     elif isinstance(msg, Step):
         stats = np.ascontiguousarray(msg.stats, dtype="<f4")
@@ -372,6 +375,7 @@ def decode(frames: Sequence[bytes | memoryview]) -> AnyMessage:
             torch=_text(head, "torch", MAX_NAME_CHARS, ""),
             every=_int(head, "every", 1, 2**31 - 1, 1),
             started=_float(head, "started", 0.0),
+            snapshot=_text(head, "snapshot", MAX_TEXT_CHARS, ""),
         )
     if kind == "step":
         rows = _int(head, "rows", 0, MAX_LAYERS)
