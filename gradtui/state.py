@@ -240,8 +240,15 @@ class RunState:
 
     # ------------------------------------------------------------------ applying messages
 
-    def apply(self, msg: AnyMessage, now: float) -> None:
-        """Fold one decoded message of this run into the state."""
+    def apply(self, msg: AnyMessage, now: float, *, history: bool = False) -> None:
+        """Fold one decoded message of this run into the state.
+
+        Args:
+            msg: the decoded message.
+            now: receive time on the caller's clock (drives liveness).
+            history: the message comes from a late joiner's snapshot, whose older part is
+                decimated on purpose: its sequence holes are not losses.
+        """
         if msg.inc != self.inc:
             if self.inc:
                 self.counters.restarts += 1
@@ -249,7 +256,7 @@ class RunState:
                 self.end = None
             self.inc = msg.inc
             self._next_seq = None
-        if not self._accept_seq(msg.seq):
+        if not self._accept_seq(msg.seq, count_gaps=not history):
             return
         self.counters.messages += 1
         self.last_seen = now
@@ -263,12 +270,12 @@ class RunState:
         elif isinstance(msg, End):
             self.end = msg
 
-    def _accept_seq(self, seq: int) -> bool:
+    def _accept_seq(self, seq: int, *, count_gaps: bool = True) -> bool:
         expected = self._next_seq
         if expected is not None and seq < expected:
             self.counters.duplicates += 1
             return False
-        if expected is not None and seq > expected:
+        if count_gaps and expected is not None and seq > expected:
             self.counters.gaps += seq - expected
         self._next_seq = seq + 1
         return True
@@ -407,9 +414,11 @@ class Fleet:
             state.source = source
         return state
 
-    def apply(self, msg: AnyMessage, now: float, source: str = "") -> RunState:
+    def apply(
+        self, msg: AnyMessage, now: float, source: str = "", *, history: bool = False
+    ) -> RunState:
         state = self.get(msg.run, source)
-        state.apply(msg, now)
+        state.apply(msg, now, history=history)
         self.received += 1
         self.version += 1
         return state

@@ -34,7 +34,17 @@ def test_viewer_modules_do_not_import_torch(module: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["watch", "--help"], ["tail", "--help"], ["ls", "--help"], ["report", "--help"]]
+    "argv",
+    [
+        ["watch", "--help"],
+        ["tail", "--help"],
+        ["ls", "--help"],
+        ["report", "--help"],
+        ["demo", "--help"],
+        ["replay", "--help"],
+        ["record", "--help"],
+        ["export", "--help"],
+    ],
 )
 def test_cli_help_does_not_import_torch(argv: list[str]) -> None:
     """Running a viewer command's --help must not import torch (or textual for non-UI commands)."""

@@ -116,3 +116,16 @@ def test_series_and_scalars_follow_steps() -> None:
     assert list(s_steps) == list(steps)
     assert math.isclose(loss[0], 1.0)
     assert np.isnan(run.current("nope")).all()
+
+
+def test_snapshot_history_holes_are_not_losses() -> None:
+    """A late joiner's decimated snapshot skips seqs on purpose; only live holes count."""
+    state = RunState("r1")
+    state.apply(_hello(), now=0.0, history=True)
+    state.apply(_step(0, seq=10), now=0.0, history=True)
+    state.apply(_step(50, seq=60), now=0.0, history=True)
+    assert state.counters.gaps == 0
+    state.apply(_step(51, seq=61), now=0.1)
+    state.apply(_step(53, seq=63), now=0.2)
+    assert state.counters.gaps == 1
+    assert state.counters.steps == 4

@@ -1,0 +1,1 @@
+"""The Textual dashboard (``gradtui watch``). Never imports torch."""

@@ -1,0 +1,1 @@
+"""Screens of the dashboard: main, help, layer detail (compare comes later)."""

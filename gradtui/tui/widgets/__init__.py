@@ -1,0 +1,1 @@
+"""Widgets of the dashboard. Each repaints from ``RunState`` snapshots, never from the wire."""
