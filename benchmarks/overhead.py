@@ -2,11 +2,12 @@
 
 Method: one persistent worker process per variant (same model, same seed, same pre-generated
 batches), all started by this parent. After setup and warm-up the parent runs them in
-interleaved rounds, in a fresh random order each round, each timing ``--steps`` training steps.
-Each round yields one paired ratio ``t_variant / t_baseline`` and one added time per step, so
-slow drifts of a shared machine cancel; we report the median and the interquartile range over
-rounds. Between segments the parent waits ``--settle`` seconds so one variant's background
-threads (wandb's, TensorBoard's writer) finish before the next variant is timed.
+interleaved rounds, in a fresh random order each round, each timing ``--steps`` training steps
+in chunks of 10 and reporting the median chunk's time per step. Each round yields one paired
+ratio ``t_variant / t_baseline`` and one added time per step, so slow drifts of a shared machine
+cancel; we report the median and the interquartile range over rounds. Between segments the
+parent waits ``--settle`` seconds so one variant's background threads (wandb's, TensorBoard's
+writer, gradtui's sender) finish before the next variant is timed.
 
 Variants:
 - ``baseline``: forward, cross-entropy, backward, SGD step;
@@ -42,8 +43,10 @@ MODELS: dict[str, dict[str, int]] = {
     "default": {"depth": 20, "width": 256, "batch": 128},
     "small": {"depth": 20, "width": 64, "batch": 64},
 }
-# Steps per timed segment: about one second of work on a 2-core CPU for each model.
-DEFAULT_STEPS = {"default": 40, "small": 200}
+# Steps per timed segment: about one second of work on a 2-core CPU for each model. A segment
+# is timed in chunks of CHUNK steps and reports its median chunk.
+CHUNK = 10
+DEFAULT_STEPS = {"default": 60, "small": 300}
 TARGETS = {
     ("default", "monitor_1"): 1.05,
     ("small", "monitor_1"): 1.20,
@@ -97,12 +100,15 @@ def _worker(model_key: str, variant: str, threads: int, tmp: str) -> None:
         cmd = line.split()
         if cmd[0] != "run":
             break
-        n = int(cmd[1])
-        t0 = time.perf_counter()
-        steps(n, done)
-        elapsed = time.perf_counter() - t0
-        done += n
-        print(f"{elapsed:.9f}", flush=True)
+        chunks = []
+        for _ in range(int(cmd[1]) // CHUNK):
+            t0 = time.perf_counter()
+            steps(CHUNK, done)
+            chunks.append(time.perf_counter() - t0)
+            done += CHUNK
+        # Median chunk: robust to other processes' bursts on a shared box; a chunk of 10
+        # steps holds exactly one of every periodic cost (monitor every 10, log_freq 1, ...).
+        print(f"{statistics.median(chunks) / CHUNK:.9f}", flush=True)
     close()
 
 
@@ -243,8 +249,8 @@ def measure(
     out = []
     for v in variants:
         ratios = [t / b for t, b in zip(times[v], base, strict=True)]
-        added = [(t - b) / steps * 1e3 for t, b in zip(times[v], base, strict=True)]
-        out.append(Result(model, v, ratios, added, [b / steps * 1e3 for b in base]))
+        added = [(t - b) * 1e3 for t, b in zip(times[v], base, strict=True)]
+        out.append(Result(model, v, ratios, added, [b * 1e3 for b in base]))
     return out
 
 
@@ -313,7 +319,9 @@ def main() -> int:
         "--variants", default=",".join(VARIANTS), help="comma list (baseline is always added)"
     )
     p.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
-    p.add_argument("--steps", type=int, help="steps per timed segment (default: per model)")
+    p.add_argument(
+        "--steps", type=int, help="steps per timed segment, a multiple of 10 (default: per model)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every worker")
     p.add_argument("--settle", type=float, default=0.3, help="seconds idle before each segment")
     p.add_argument("--json", type=Path, help="also write raw per-round numbers here")

@@ -55,6 +55,7 @@ from gradtui.protocol import (
     encode,
     valid_run_id,
 )
+from gradtui.snapshot import HistoryStore, SnapshotServer
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,10 @@ class Publisher:
         hello_interval: seconds between ``hello`` re-sends.
         heartbeat_interval: a ``heartbeat`` goes out after this long without a step.
         sinks: called in the sender thread with every message sent; exceptions counted.
+        history: keep a bounded history of the run and serve it to late joiners (the Clone
+            pattern, ``gradtui.snapshot``); its endpoint goes out in every ``hello``.
+        snapshot_endpoint: where the history service binds; default ``ipc://<run>.snap.sock``
+            beside a default endpoint, else ``tcp://127.0.0.1:*``.
 
     Raises:
         EndpointError: endpoint not loopback, malformed, or already in use.
@@ -143,6 +148,8 @@ class Publisher:
         hello_interval: float = 2.0,
         heartbeat_interval: float = 1.0,
         sinks: Sequence[Sink] = (),
+        history: bool = True,
+        snapshot_endpoint: str | None = None,
     ) -> None:
         if every < 1 or queue_size < 1 or hello_interval <= 0 or heartbeat_interval <= 0:
             raise ValueError("every, queue_size and intervals must be positive")
@@ -176,19 +183,38 @@ class Publisher:
         self._register = register
         self.phase = "train"
 
+        self._snapshot_server: SnapshotServer | None = None
+        all_sinks = list(sinks)
+        if history:
+            if snapshot_endpoint is None:
+                snapshot_endpoint = (
+                    f"ipc://{registry.runtime_dir() / (self.run + '.snap.sock')}"
+                    if endpoint is None
+                    else "tcp://127.0.0.1:*"
+                )
+            store = HistoryStore()
+            self._snapshot_server = SnapshotServer(store, snapshot_endpoint)
+            self._hello = dataclasses.replace(self._hello, snapshot=self._snapshot_server.endpoint)
+            all_sinks.insert(0, store)  # first, so history holds whatever the viewers saw
         if endpoint is None:
             endpoint = f"ipc://{registry.runtime_dir() / (self.run + '.sock')}"
-        self._loop = _SenderLoop(
-            self, bind_address(endpoint), list(sinks), hello_interval, heartbeat_interval
-        )
+        try:
+            self._loop = _SenderLoop(
+                self, bind_address(endpoint), all_sinks, hello_interval, heartbeat_interval
+            )
+        except BaseException:
+            self._close_snapshot()
+            raise
         self._thread = threading.Thread(
             target=self._loop.run, name=f"gradtui-publish-{self.run}", daemon=True
         )
         self._thread.start()
         if not self._loop.ready.wait(_STARTUP_TIMEOUT_S):
+            self._close_snapshot()
             raise EndpointError(f"{endpoint}: publisher thread did not start")
         if self._loop.error is not None:
             self._thread.join(1.0)
+            self._close_snapshot()
             raise self._loop.error
         self.endpoint: str = self._loop.endpoint
         """The bound endpoint, with the real port for ``tcp://...:*``."""
@@ -204,6 +230,7 @@ class Publisher:
                         pid=os.getpid(),
                         host=self._hello.host,
                         started=self.started,
+                        snapshot=self._hello.snapshot,
                     )
                 )
             except BaseException:
@@ -308,9 +335,26 @@ class Publisher:
             self._queue.put_nowait(_STOP)
         if threading.current_thread() is not self._thread:  # close() from a sink: no self-join
             self._thread.join(timeout + _END_LINGER_MS / 1000)
+        self._close_snapshot()
         if self._register and register_cleanup:
             with contextlib.suppress(Exception):
                 registry.unregister(self.run)
+
+    def _close_snapshot(self) -> None:
+        server, self._snapshot_server = self._snapshot_server, None
+        if server is None:
+            return
+        with contextlib.suppress(Exception):
+            server.close(timeout=0.5)
+        path = ipc_path(server.endpoint)
+        if path is not None:  # libzmq leaves the socket file behind
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    @property
+    def snapshot_endpoint(self) -> str:
+        """Where late joiners fetch this run's history ("" without a history service)."""
+        return self._hello.snapshot
 
     def _close_at_exit(self) -> None:
         self.close("interrupted", "process exited without Publisher.close()")

@@ -47,6 +47,8 @@ class RunEntry:
     """Last published step, refreshed at most once a second; -1 before the first."""
     updated: float = 0.0
     """Unix time of the last refresh."""
+    snapshot: str = ""
+    """Endpoint of the run's history service for late joiners ("" when it has none)."""
 
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -58,6 +60,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "started": (int, float),
     "step": int,
     "updated": (int, float),
+    "snapshot": str,
 }
 
 
@@ -133,6 +136,7 @@ def _read(path: Path) -> RunEntry | None:
         return None
     if not isinstance(raw, dict):
         return None
+    raw.setdefault("snapshot", "")  # entries written before the field existed
     for key, typ in _FIELDS.items():
         value = raw.get(key)
         if isinstance(value, bool) or not isinstance(value, typ):
@@ -200,8 +204,10 @@ def list_runs(prune: bool = True) -> list[RunEntry]:
 def _remove_dead(entry: RunEntry, path: Path, directory: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    if entry.endpoint.startswith("ipc://"):
-        sock = Path(entry.endpoint[len("ipc://") :])
+    for endpoint in (entry.endpoint, entry.snapshot):
+        if not endpoint.startswith("ipc://"):
+            continue
+        sock = Path(endpoint[len("ipc://") :])
         # Only delete sockets we own: never follow an entry to a path outside the dir.
         if sock.parent.resolve() == directory.resolve():
             with contextlib.suppress(FileNotFoundError):

@@ -25,6 +25,9 @@ HISTORY_BYTES_PER_RUN: Final = 24 * 1024 * 1024
 MAX_RECENT: Final = 2048
 MIN_RECENT: Final = 64
 
+# A source label with this prefix marks a late joiner's snapshot message (``history=True``).
+HISTORY_SOURCE_PREFIX: Final = "history+"
+
 # Scalar series kept per published step, in this order.
 SCALARS: Final[tuple[str, ...]] = (
     "loss",
@@ -126,23 +129,30 @@ class DecimatingRing:
         start = (self._head - self._count) % self.recent_capacity
         return (start + np.arange(self._count)) % self.recent_capacity
 
-    def recent(self, n: int | None = None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.generic]]:
-        """The last ``n`` (default all) full-resolution entries, oldest first (copies)."""
+    def recent(
+        self, n: int | None = None, index: int | None = None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.generic]]:
+        """The last ``n`` (default all) full-resolution entries, oldest first (copies).
+
+        ``index`` selects one position of the items' last axis (e.g. one stats column), so
+        only that slice is copied.
+        """
         order = self._recent_order()
         if n is not None:
             order = order[-n:] if n > 0 else order[:0]
-        return self._recent_steps[order], self._recent[order]
+        items = self._recent[order] if index is None else self._recent[order, ..., index]
+        return self._recent_steps[order], items
 
-    def all(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.generic]]:
+    def all(
+        self, index: int | None = None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.generic]]:
         """Decimated older history followed by the full-resolution recent part (copies)."""
-        steps, items = self.recent()
+        steps, items = self.recent(index=index)
         if self._coarse_count == 0:
             return steps, items
         c = self._coarse_count
-        return (
-            np.concatenate([self._coarse_steps[:c], steps]),
-            np.concatenate([self._coarse[:c], items]),
-        )
+        coarse = self._coarse[:c] if index is None else self._coarse[:c, ..., index]
+        return (np.concatenate([self._coarse_steps[:c], steps]), np.concatenate([coarse, items]))
 
     def last(self) -> npt.NDArray[np.generic] | None:
         if self._count == 0:
@@ -363,8 +373,10 @@ class RunState:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """(steps, values) of one scalar series; all history unless ``recent`` is given."""
         idx = SCALARS.index(name)
-        steps, items = self.scalars.recent(recent) if recent is not None else self.scalars.all()
-        return steps, np.asarray(items[:, idx], dtype=np.float64)
+        steps, items = (
+            self.scalars.recent(recent, idx) if recent is not None else self.scalars.all(idx)
+        )
+        return steps, np.asarray(items, dtype=np.float64)
 
     def series(
         self, column: str, *, recent: int | None = None
@@ -373,8 +385,8 @@ class RunState:
         j = self.column(column)
         if self.stats is None or j < 0:
             return np.zeros(0, np.int64), np.zeros((0, len(self.layers)), np.float32)
-        steps, items = self.stats.recent(recent) if recent is not None else self.stats.all()
-        return steps, np.asarray(items[:, :, j], dtype=np.float32)
+        steps, items = self.stats.recent(recent, j) if recent is not None else self.stats.all(j)
+        return steps, np.asarray(items, dtype=np.float32)
 
     def current(self, column: str) -> npt.NDArray[np.float32]:
         """The latest value of a column for every layer (NaN where unknown)."""
@@ -424,11 +436,17 @@ class Fleet:
         return state
 
     def apply_many(self, items: Iterable[tuple[AnyMessage, float, str]]) -> int:
-        """Apply (message, receive time, source) triples under the lock; returns how many."""
+        """Apply (message, receive time, source) triples under the lock; returns how many.
+
+        A source starting with ``HISTORY_SOURCE_PREFIX`` marks snapshot history.
+        """
         n = 0
         with self.lock:
             for msg, now, source in items:
-                self.apply(msg, now, source)
+                if source.startswith(HISTORY_SOURCE_PREFIX):
+                    self.apply(msg, now, source[len(HISTORY_SOURCE_PREFIX) :], history=True)
+                else:
+                    self.apply(msg, now, source)
                 n += 1
         return n
 
@@ -445,6 +463,7 @@ def finite_or_nan(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
 
 
 __all__ = [
+    "HISTORY_SOURCE_PREFIX",
     "SCALARS",
     "Counters",
     "DecimatingRing",

@@ -87,16 +87,13 @@ def load_real(dataset: Dataset, root: str, download: bool) -> tuple[torch.Tensor
         ds = getattr(tvd, cls_name)(
             root=str(Path(root).expanduser()), train=True, download=download
         )
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:  # torchvision: RuntimeError; urllib: URLError
         if not download and "not found" in str(exc).lower():
             raise GradtuiError(
                 f"{dataset} not found under {where}; pass --download to fetch it", code=2
             ) from None
-        raise GradtuiError(
-            f"{dataset} could not be loaded from {where}: {_one_line(exc)}", 2
-        ) from None
-    except OSError as exc:  # URLError and friends while downloading
-        raise GradtuiError(f"{dataset} download to {where} failed: {_one_line(exc)}", 2) from None
+        doing = "download to" if download else "load from"
+        raise GradtuiError(f"{dataset}: could not {doing} {where}: {_one_line(exc)}", 2) from None
     data = torch.as_tensor(ds.data)
     images = data.permute(0, 3, 1, 2) if data.ndim == 4 else data.unsqueeze(1)
     labels = torch.as_tensor(ds.targets, dtype=torch.int64)

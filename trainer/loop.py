@@ -208,7 +208,8 @@ def train(cfg: TrainConfig) -> int:
                     loss_value = float(loss.item())
                     if not math.isfinite(loss_value):
                         status, code = "crashed", 1
-                        reason = f"non-finite loss ({loss_value}) at step {done}"
+                        # Step numbers are 0-based on the wire; name the one viewers show.
+                        reason = f"non-finite loss ({loss_value}) at step {done - 1}"
                         sys.stderr.write(
                             f"trainer: {reason}; stopping (try a lower --lr or --clip-norm)\n"
                         )

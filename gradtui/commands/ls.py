@@ -7,6 +7,9 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON array of runs")
+    from gradtui.remote import add_ssh_arguments  # argparse only: cheap
+
+    add_ssh_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,7 +22,12 @@ def run(args: argparse.Namespace) -> int:
     from gradtui import registry
     from gradtui.commands.tail import clean
 
-    entries = registry.list_runs(prune=True)
+    if args.ssh:
+        from gradtui.remote import discover, ssh_settings
+
+        entries = discover(args.ssh, **ssh_settings(args))  # RemoteError: one line, exit 2
+    else:
+        entries = registry.list_runs(prune=True)
     if args.json:
         print(json.dumps([dataclasses.asdict(e) for e in entries], indent=None))
         return 0

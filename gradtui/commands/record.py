@@ -11,8 +11,11 @@ import argparse
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from gradtui.registry import RunEntry
+    from gradtui.remote import RemoteRuns
     from gradtui.storage import RunRecorder
-    from gradtui.subscribe import Subscriber
 
 _REGISTRY_POLL_S = 1.0
 
@@ -35,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--until-end", action="store_true", help="exit once every recorded run has ended"
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no status line")
+    from gradtui.remote import add_ssh_arguments  # argparse only: cheap
+
+    add_ssh_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,18 +64,31 @@ def _clean(text: str) -> str:
 class _Targets:
     """Which endpoints to record: fixed ones, plus (with no arguments) the registry's."""
 
-    def __init__(self, targets: list[str]) -> None:
+    def __init__(
+        self, targets: list[str], list_runs: Callable[[], list[RunEntry]] | None = None
+    ) -> None:
+        self._list_runs = list_runs
         self.targets = targets
         self.follow_registry = not targets
         self.names: dict[str, str] = {}  # run id -> name, from the registry
 
-    def resolve(self) -> list[str]:
+    def lookup(self) -> list[RunEntry]:
+        """The registry's live runs (or the remote host's, through tunnels)."""
         from gradtui import registry
+
+        if self._list_runs is not None:
+            entries = self._list_runs()
+        else:
+            entries = registry.list_runs(prune=True)
+        self.names.update((e.run, e.name) for e in entries)
+        return entries
+
+    def resolve(self) -> list[str]:
         from gradtui.endpoints import is_endpoint
         from gradtui.errors import GradtuiError
 
         needs_registry = self.follow_registry or not all(map(is_endpoint, self.targets))
-        entries = registry.list_runs(prune=True) if needs_registry else []
+        entries = self.lookup() if needs_registry else []
         self.names.update((e.run, e.name) for e in entries)
         if self.follow_registry:
             return [e.endpoint for e in entries]
@@ -87,72 +106,88 @@ class _Targets:
 
 
 def _record(args: argparse.Namespace) -> int:
+    from gradtui.errors import GradtuiError
+
+    remote = None
+    if args.ssh:
+        from gradtui.remote import RemoteRuns, ssh_settings
+
+        remote = RemoteRuns(args.ssh, **ssh_settings(args)).start()
+        if remote.error and not remote.runs():
+            remote.close()
+            raise GradtuiError(f"--ssh {args.ssh}: {remote.error}", code=2)
+    try:
+        return _record_from(args, remote)
+    finally:
+        if remote is not None:
+            remote.close()  # no ssh tunnel outlives the recorder
+
+
+def _record_from(args: argparse.Namespace, remote: RemoteRuns | None) -> int:
     import sys
-    import time
     from pathlib import Path
 
     from gradtui.errors import GradtuiError
     from gradtui.protocol import End, Step
+    from gradtui.state import HISTORY_SOURCE_PREFIX
     from gradtui.storage import RunRecorder, default_directory
-    from gradtui.subscribe import Subscriber
+    from gradtui.tui.live_source import LiveSource  # no textual: subscriber + registry + seam
 
-    targets = _Targets(list(args.targets))
+    targets = _Targets(list(args.targets), remote.local_entries if remote else None)
+    if remote is not None:
+        targets.follow_registry = True  # new remote runs are picked up as they appear
     endpoints = targets.resolve()
     output = Path(args.output) if args.output else default_directory()
     status = _Status(sys.stderr, quiet=args.quiet)
     rec = RunRecorder(output)
+    # A late recorder still records each run from its start: LiveSource joins the run's
+    # snapshot history with the live stream, and rescans the registry for new runs.
+    source = LiveSource(
+        [] if targets.follow_registry else endpoints,
+        discover=targets.follow_registry,
+        list_runs=targets.lookup,
+        rescan_s=_REGISTRY_POLL_S,
+        resolve=remote.local_for if remote else None,
+    )
     try:
-        sub = Subscriber()
-        for endpoint in endpoints:
-            _add(sub, endpoint)
+        source.open()
     except ValueError as exc:
         rec.close()
         raise GradtuiError(str(exc), code=2) from None
     live: set[tuple[str, str]] = set()
     ended: set[tuple[str, str]] = set()
     steps = 0
-    next_scan = time.monotonic() + _REGISTRY_POLL_S
     try:
-        with sub:
-            if not endpoints:
-                status.note("waiting for runs to start (gradtui ls) ...")
-            while rec.error is None:
-                for got in sub.poll(0.2):
-                    msg = got.message
-                    key = (msg.run, msg.inc)
-                    if key not in live and key not in ended:
-                        rec.hint_name(msg.run, targets.names.get(msg.run, "run"))
-                        status.note(f"recording {_clean(msg.run)} from {got.endpoint}")
-                    rec(msg)
-                    if isinstance(msg, Step):
-                        steps += 1
-                    if isinstance(msg, End):
-                        live.discard(key)
-                        ended.add(key)
-                        status.note(f"{_clean(msg.run)} ended: {msg.status}")
-                    elif key not in ended:
-                        live.add(key)
-                if args.until_end and ended and not live:
-                    break
-                now = time.monotonic()
-                if targets.follow_registry and now >= next_scan:
-                    next_scan = now + _REGISTRY_POLL_S
-                    for endpoint in targets.resolve():
-                        _add(sub, endpoint)
-                status.update(rec, steps, len(live), output)
+        if not endpoints:
+            status.note("waiting for runs to start (gradtui ls) ...")
+        while rec.error is None:
+            for msg, _, label in source.poll(0.2):
+                key = (msg.run, msg.inc)
+                if key not in live and key not in ended:
+                    rec.hint_name(msg.run, targets.names.get(msg.run, "run"))
+                    where = label.removeprefix(HISTORY_SOURCE_PREFIX) or "history"
+                    status.note(f"recording {_clean(msg.run)} from {_clean(where)}")
+                rec(msg)
+                if isinstance(msg, Step):
+                    steps += 1
+                if isinstance(msg, End):
+                    live.discard(key)
+                    ended.add(key)
+                    status.note(f"{_clean(msg.run)} ended: {msg.status}")
+                elif key not in ended:
+                    live.add(key)
+            if args.until_end and ended and not live:
+                break
+            status.update(rec, steps, len(live), output)
     except KeyboardInterrupt:
         pass
     finally:
+        source.close()
         flushed = rec.close(30)
         status.done(rec, steps, output, flushed)
     if rec.error is not None:
         raise GradtuiError(f"recording stopped: {rec.error}", code=1)
     return 0
-
-
-def _add(sub: Subscriber, endpoint: str) -> None:
-    if endpoint not in sub.endpoints:
-        sub.add(endpoint)
 
 
 class _Status:

@@ -22,6 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait", action="store_true", help="wait for named runs that are not registered yet"
     )
+    parser.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also open recorded runs (a recording or a directory of them) "
+        "beside the live ones; repeatable",
+    )
     parser.add_argument("--config", metavar="FILE", help="alert thresholds (TOML)")
     parser.add_argument(
         "--vanish-ratio",
@@ -66,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fps", type=float, default=12.0, help="repaint rate cap, frames per second (12)"
     )
+    from gradtui.remote import add_ssh_arguments  # argparse only: cheap
+
+    add_ssh_arguments(parser)
 
 
 def _alert_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -109,10 +120,20 @@ def _resolve(targets: list[str], wait: bool) -> tuple[list[str], list[str]]:
 def run(args: argparse.Namespace) -> int:
     from gradtui.errors import GradtuiError
 
-    if args.fps <= 0:
-        raise GradtuiError("--fps must be positive", code=2)
+    if args.fps <= 0 or args.stale_after <= 0:
+        raise GradtuiError("--fps and --stale-after must be positive", code=2)
     cfg = _alert_config(args)
-    endpoints, names = _resolve(list(args.targets), args.wait)
+    if args.ssh:
+        # Names are looked up on the remote host; endpoints there are reached through tunnels.
+        endpoints: list[str] = []
+        names = list(args.targets)
+    else:
+        endpoints, names = _resolve(list(args.targets), args.wait)
+    from pathlib import Path
+
+    missing = [p for p in args.add if not Path(p).exists()]
+    if missing:
+        raise GradtuiError(f"--add {missing[0]}: no such file or directory", code=2)
 
     # Deferred: textual and zmq cost most of the start-up time.
     from gradtui.alerts import AlertEngine
@@ -120,12 +141,35 @@ def run(args: argparse.Namespace) -> int:
     from gradtui.tui.app import GradApp
     from gradtui.tui.health import Thresholds
     from gradtui.tui.live_source import LiveSource
+    from gradtui.tui.receiver import Source
 
-    fleet = Fleet(
-        observer_factory=lambda: AlertEngine(cfg),
-        policy=LivenessPolicy(stale_after=args.stale_after),
-    )
-    source = LiveSource(endpoints, names=names, discover=not endpoints or bool(names))
+    def engine() -> AlertEngine:
+        return AlertEngine(cfg)
+
+    fleet = Fleet(observer_factory=engine, policy=LivenessPolicy(stale_after=args.stale_after))
+    remote = None
+    if args.ssh:
+        from gradtui.remote import RemoteRuns, ssh_settings
+
+        remote = RemoteRuns(args.ssh, **ssh_settings(args))
+        remote.start()  # discovers once up front: an unreachable host fails here, in one line
+        if remote.error and not remote.runs():
+            remote.close()
+            raise GradtuiError(f"--ssh {args.ssh}: {remote.error}", code=2)
+        live = LiveSource(
+            names=names,
+            discover=True,
+            list_runs=remote.local_entries,
+            resolve=remote.local_for,
+        )
+    else:
+        live = LiveSource(endpoints, names=names, discover=not endpoints or bool(names))
+    sources: list[Source] = [live]
+    if args.add:
+        from gradtui.replay_source import ReplaySource
+
+        # "~rec" keeps a recording of a run that is also live apart from the live run.
+        sources.append(ReplaySource(args.add, fleet, observer_factory=engine, key_suffix="~rec"))
     thresholds = Thresholds(
         vanish_ratio=cfg.vanishing_ratio,
         vanish_floor=cfg.vanishing_floor,
@@ -134,6 +178,10 @@ def run(args: argparse.Namespace) -> int:
         saturated=cfg.saturated_fraction,
         dead=cfg.dead_fraction,
     )
-    app = GradApp(fleet, [source], fps=args.fps, thresholds=thresholds)
-    result = app.run()
+    app = GradApp(fleet, sources, fps=args.fps, thresholds=thresholds)
+    try:
+        result = app.run()
+    finally:
+        if remote is not None:
+            remote.close()  # no ssh tunnel outlives the viewer
     return int(result or 0)

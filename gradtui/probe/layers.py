@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -87,9 +89,10 @@ class Layout:
     rows: tuple[Row, ...]
     params: tuple[nn.Parameter, ...]
     """Every unique parameter of the model, in first-owner order."""
-    pair_rows: tuple[int, ...]
-    """With :attr:`pair_params`: one (row, parameter) pair per direct ownership."""
-    pair_params: tuple[int, ...]
+    pair_rows: npt.NDArray[np.int64]
+    """With :attr:`pair_params`: one (row, parameter) pair per direct ownership, rows
+    ascending (host-side sums index with these arrays)."""
+    pair_params: npt.NDArray[np.int64]
     channel_3d: bool
     """The model has 1-d convolutions, so 3-d outputs are (batch, channel, length)."""
 
@@ -149,8 +152,8 @@ def discover(model: nn.Module) -> Layout:
     return Layout(
         rows=tuple(rows),
         params=tuple(params),
-        pair_rows=tuple(pair_rows),
-        pair_params=tuple(pair_params),
+        pair_rows=np.asarray(pair_rows, dtype=np.int64),
+        pair_params=np.asarray(pair_params, dtype=np.int64),
         channel_3d=channel_3d,
     )
 

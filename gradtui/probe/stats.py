@@ -37,11 +37,22 @@ def norms(ts: list[torch.Tensor], order: float, device: torch.device) -> torch.T
     if not ts:
         return torch.zeros(0, device=device)
     try:
+        # dtype=float32 makes bf16/fp16 norms accumulate and round in float32.
         return torch.stack(torch._foreach_norm(ts, order, dtype=torch.float32))
     except (RuntimeError, TypeError, NotImplementedError):
-        return torch.stack(
-            [torch.linalg.vector_norm(_dense(t), order, dtype=torch.float32).to(device) for t in ts]
-        )
+        pass
+    try:  # float64 tensors refuse a narrowing dtype=: norm in their own precision
+        return torch.stack([r.float() for r in torch._foreach_norm(ts, order)])
+    except (RuntimeError, TypeError, NotImplementedError):
+        return torch.stack([_one_norm(t, order).to(device) for t in ts])
+
+
+def _one_norm(t: torch.Tensor, order: float) -> torch.Tensor:
+    t = _dense(t)
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    out: torch.Tensor = torch.linalg.vector_norm(t, order).float()
+    return out
 
 
 def abs_max(ts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -103,7 +114,8 @@ def param_parts(layout: Layout, parts: Parts, device: torch.device) -> list[torc
     """
     params = layout.params
     grads = [p.grad for p in params]
-    if None in grads:
+    # Not `None in grads`: that calls Tensor.__eq__ per element (measured 0.5 ms for 42 grads).
+    if any(g is None for g in grads):
         slots = [j for j, g in enumerate(grads) if g is not None]
         dense = [g for g in grads if g is not None]
     else:
@@ -247,8 +259,7 @@ def assemble(
     wn = take(n_p)
     gmax = take(g)
     nonfinite = take(g) if parts.host_nonfinite is None else parts.host_nonfinite
-    pair_rows = np.asarray(layout.pair_rows, dtype=np.int64)
-    pair_params = np.asarray(layout.pair_params, dtype=np.int64)
+    pair_rows, pair_params = layout.pair_rows, layout.pair_params
 
     # Gradients: scatter per-gradient values to per-parameter, then sum over each row's pairs.
     per_param = np.full((4, n_p), np.nan)
@@ -261,8 +272,10 @@ def assemble(
     g_rows, g_params = pair_rows[mask], pair_params[mask]
     gnorm, g_has = _row_norm(g_rows, per_param[0, g_params], n_rows)
     g_numel = np.bincount(g_rows, weights=numel[g_params], minlength=n_rows)
-    gmax_row = np.full(n_rows, -np.inf)
-    np.maximum.at(gmax_row, g_rows, per_param[1, g_params])
+    gmax_row = np.full(n_rows, np.nan)
+    if len(g_rows):  # rows ascending: a max per run of equal rows (NaN propagates)
+        starts = np.flatnonzero(np.r_[True, g_rows[1:] != g_rows[:-1]])
+        gmax_row[g_rows[starts]] = np.maximum.reduceat(per_param[1, g_params], starts)
     nf_row = np.bincount(g_rows, weights=per_param[2, g_params], minlength=n_rows)
     table[:, COL["grad_norm"]] = np.where(g_has, gnorm, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -36,19 +36,37 @@ class UpdateTracker:
     def __init__(self, params: tuple[nn.Parameter, ...], sample: int | None) -> None:
         self._params = params
         self._strides = [_stride(p, sample) for p in params]
-        self._views: list[torch.Tensor | None] = []
-        for p, s in zip(params, self._strides, strict=True):
-            # view(-1) shares storage, so the cached view sees the optimiser's in-place updates;
-            # non-contiguous parameters (e.g. channels_last) are re-sampled at each use instead.
-            self._views.append(p.detach().view(-1)[::s] if p.is_contiguous() else None)
         lengths = [len(range(0, p.numel(), s)) for p, s in zip(params, self._strides, strict=True)]
+        self._lengths_list = lengths
         self.scale = [p.numel() / n if n else 0.0 for p, n in zip(params, lengths, strict=True)]
         """Per-parameter factor turning a sampled ||Δw||² into an estimate of the full one."""
-        self._dynamic = any(v is None for v in self._views)
-        device = params[0].device if params else torch.device("cpu")
-        self._lengths = torch.tensor(lengths, dtype=torch.long, device=device)
+        self._views: list[torch.Tensor | None] = []
+        self._ptr = 0
+        self._lengths = torch.zeros(0, dtype=torch.long)
+        self._build_views()
         self._snap: torch.Tensor | None = None
         self._spare: torch.Tensor | None = None
+
+    def _build_views(self) -> None:
+        # view(-1) shares storage, so the cached view sees the optimiser's in-place updates;
+        # non-contiguous parameters (e.g. channels_last) are re-sampled at each use instead.
+        self._views = [
+            p.detach().view(-1)[::s] if p.is_contiguous() else None
+            for p, s in zip(self._params, self._strides, strict=True)
+        ]
+        self._dynamic = any(v is None for v in self._views)
+        self._ptr = self._params[0].data_ptr() if self._params else 0
+        device = self._params[0].device if self._params else torch.device("cpu")
+        self._lengths = torch.tensor(self._lengths_list, dtype=torch.long, device=device)
+
+    def _storage_moved(self) -> bool:
+        """``model.to(...)``/``.half()`` swap ``param.data``: the cached views then watch dead
+        storage. One pointer comparison notices; the views are rebuilt."""
+        if self._params and self._params[0].data_ptr() != self._ptr:
+            self._build_views()
+            self._snap = self._spare = None
+            return True
+        return False
 
     @property
     def has_snapshot(self) -> bool:
@@ -70,6 +88,7 @@ class UpdateTracker:
         """Remember the current (sampled) parameter values."""
         if not self._params:
             return
+        self._storage_moved()
         self._snap = self._flat(self._snap)
 
     def drop(self) -> None:
@@ -83,6 +102,8 @@ class UpdateTracker:
             roll: keep the current values as the new snapshot (the fallback without optimiser
                 hooks measures consecutive ``Monitor.step`` calls); otherwise drop it.
         """
+        if self._storage_moved():
+            return None
         snap = self._snap
         if snap is None:
             return None

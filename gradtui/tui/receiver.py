@@ -158,10 +158,16 @@ class Receiver:
         messages blindly. Shedding here is counted per run and shown in the status bar.
         """
         from gradtui.protocol import Step  # cheap; deferred only to keep this module light
+        from gradtui.state import HISTORY_SOURCE_PREFIX
+
+        def live_step(item: Item) -> bool:
+            # A late joiner's snapshot is the history it asked for: never shed it.
+            return isinstance(item[0], Step) and not item[2].startswith(HISTORY_SOURCE_PREFIX)
 
         counts: dict[str, int] = {}
-        for msg, _, _ in items:
-            if isinstance(msg, Step):
+        for item in items:
+            msg = item[0]
+            if live_step(item):
                 counts[msg.run] = counts.get(msg.run, 0) + 1
         excess = {run: n - KEEP_PER_RUN for run, n in counts.items() if n > KEEP_PER_RUN}
         if not excess:
@@ -170,7 +176,7 @@ class Receiver:
         for item in items:
             msg = item[0]
             left = excess.get(msg.run, 0)
-            if left > 0 and isinstance(msg, Step):
+            if left > 0 and live_step(item):
                 excess[msg.run] = left - 1
                 self.stats.shed_by_run[msg.run] = self.stats.shed_by_run.get(msg.run, 0) + 1
                 self.stats.shed += 1

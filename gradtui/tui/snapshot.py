@@ -59,19 +59,8 @@ class LayerFrame:
 
 
 def column_history(run: RunState, column: str, recent: int) -> tuple[npt.NDArray[np.int64], F32]:
-    """The last ``recent`` full-resolution values of one column, copying only that column.
-
-    ``RunState.series`` copies every column of every kept step first; at 1,000 layers x 15 Hz
-    that copy alone dominated a frame.
-    """
-    j = run.column(column)
-    ring = run.stats
-    if ring is None or j < 0:
-        return np.zeros(0, np.int64), np.zeros((0, len(run.layers)), np.float32)
-    order = ring._recent_order()[-recent:] if recent > 0 else ring._recent_order()[:0]
-    steps = ring._recent_steps[order]
-    values: F32 = np.asarray(ring._recent[order, :, j], dtype=np.float32)
-    return steps, values
+    """The last ``recent`` full-resolution values of one column (only that column is copied)."""
+    return run.series(column, recent=max(0, recent))
 
 
 def alerts_of(run: RunState) -> tuple[list[Any], list[Any]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -274,21 +273,6 @@ def test_seam_counts_unhealed_gap_and_failed_fetch() -> None:
 # --------------------------------------------------------------------------- real publisher
 
 
-def _publisher(store: HistoryStore, server: SnapshotServer) -> Publisher:
-    pub = Publisher(
-        name="snap",
-        layers=LAYERS,
-        endpoint="tcp://127.0.0.1:*",
-        sinks=[store],
-        hello_interval=0.2,
-        register=False,
-        queue_size=100_000,
-    )
-    # Until Publisher takes a snapshot endpoint, point its hello at ours (sender reads it live).
-    pub._hello = dataclasses.replace(pub._hello, snapshot=server.endpoint)
-    return pub
-
-
 @pytest.mark.parametrize("known", [False, True], ids=["from-hello", "from-registry"])
 def test_late_joiner_gets_history_and_live_seamlessly(
     ctx: zmq.Context[zmq.Socket[bytes]], runtime: Path, known: bool
@@ -297,40 +281,67 @@ def test_late_joiner_gets_history_and_live_seamlessly(
 
     ``known``: the snapshot endpoint is given up front and fetched before the SUB connects.
     """
-    store = HistoryStore(recent=100_000)
-    with SnapshotServer(store, "tcp://127.0.0.1:*", context=ctx) as server:
-        pub = _publisher(store, server)
-        stop = threading.Event()
-        published = [0]
+    pub = Publisher(
+        name="snap",
+        layers=LAYERS,
+        endpoint="tcp://127.0.0.1:*",
+        hello_interval=0.2,
+        register=False,
+        queue_size=100_000,
+    )
+    assert pub.snapshot_endpoint.startswith("tcp://127.0.0.1:")
+    stop = threading.Event()
+    published = [0]
 
-        def feed() -> None:
-            while not stop.is_set():
-                pub.publish_step(step=published[0], loss=0.5, stats=STATS)
-                published[0] += 1
-                time.sleep(0.0005)
+    def feed() -> None:
+        while not stop.is_set():
+            pub.publish_step(step=published[0], loss=0.5, stats=STATS)
+            published[0] += 1
+            time.sleep(0.0005)
 
-        feeder = threading.Thread(target=feed)
-        feeder.start()
-        try:
-            while published[0] < 500:
-                time.sleep(0.01)
-            target = published[0] + 200  # history up to now, then 200 live steps
-            steps: list[int] = []
-            seqs: list[int] = []
-            snap_ep = server.endpoint if known else ""
-            for msg in join(pub.endpoint, pub.run, snapshot_endpoint=snap_ep, context=ctx):
-                seqs.append(msg.seq)
-                if isinstance(msg, Step):
-                    steps.append(msg.step)
-                    if len(steps) >= target:
-                        break
-        finally:
-            stop.set()
-            feeder.join()
-            pub.close()
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        while published[0] < 500:
+            time.sleep(0.01)
+        target = published[0] + 200  # history up to now, then 200 live steps
+        steps: list[int] = []
+        seqs: list[int] = []
+        snap_ep = pub.snapshot_endpoint if known else ""
+        for msg in join(pub.endpoint, pub.run, snapshot_endpoint=snap_ep, context=ctx):
+            seqs.append(msg.seq)
+            if isinstance(msg, Step):
+                steps.append(msg.step)
+                if len(steps) >= target:
+                    break
+    finally:
+        stop.set()
+        feeder.join()
+        pub.close()
     assert pub.dropped == 0
     assert steps[0] == 0 and steps == list(range(len(steps)))  # from the start, no gap/dup
     assert seqs == sorted(set(seqs))
+
+
+def test_default_publisher_serves_history_on_private_ipc(runtime: Path) -> None:
+    """Guards the default: the history service sits beside the ipc endpoint and is registered."""
+    from gradtui import registry
+
+    with Publisher(name="snap", layers=LAYERS) as pub:
+        assert pub.snapshot_endpoint == f"ipc://{runtime / (pub.run + '.snap.sock')}"
+        (entry,) = registry.list_runs()
+        assert entry.snapshot == pub.snapshot_endpoint
+        for step in range(5):
+            pub.publish_step(step=step, loss=0.5, stats=STATS)
+        deadline = time.monotonic() + 5
+        snap = None
+        while time.monotonic() < deadline:
+            snap = fetch_snapshot(pub.snapshot_endpoint, pub.run, 2.0)
+            if sum(isinstance(m, Step) for m in snap.messages) == 5:
+                break
+            time.sleep(0.05)
+        assert snap is not None
+        assert [m.step for m in snap.messages if isinstance(m, Step)] == list(range(5))
 
 
 def test_snapshot_bind_policy_and_curve(
@@ -365,3 +376,12 @@ def test_snapshot_bind_policy_and_curve(
                 socket_setup=lambda s: configure_curve_client(s, other, srv.public),
             )
     auths[0].release()
+
+
+def test_history_socket_removed_on_close(runtime: Path) -> None:
+    """Guards the runtime dir: closing a publisher leaves no stale snapshot socket behind."""
+    pub = Publisher(name="snap", layers=LAYERS)
+    sock = runtime / (pub.run + ".snap.sock")
+    assert sock.exists()
+    pub.close()
+    assert not sock.exists()

@@ -125,6 +125,24 @@ def test_bad_flags_are_one_line_and_exit_2(
     assert "Traceback" not in proc.stderr
 
 
+def test_endpoint_in_use_is_one_line_and_exit_2(env: dict[str, str]) -> None:
+    """Guards a taken --endpoint: the probe's bind error reaches the user as one line, exit 2."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "trainer", *SMALL, "--steps", "1", "--endpoint", endpoint],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_help_is_cheap() -> None:
     """Guards --help importing torch (seconds) before it needs to."""
     code = (

@@ -508,7 +508,8 @@ def test_viewer_waiting_before_a_very_short_run_still_sees_its_end() -> None:
 
 def test_poll_is_fair_between_endpoints() -> None:
     """Guards: a flooding run cannot starve another run's messages out of a poll."""
-    a, b = _publisher(queue_size=10_000), _publisher()
+    quiet = {"hello_interval": 3600.0, "heartbeat_interval": 3600.0}  # only what we send
+    a, b = _publisher(queue_size=10_000, **quiet), _publisher(**quiet)
     try:
         with Subscriber([a.endpoint, b.endpoint], watchdog_s=60) as sub:
             both = {a.endpoint, b.endpoint}

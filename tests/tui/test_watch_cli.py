@@ -41,3 +41,11 @@ def test_bad_fps_is_rejected(private_registry: Path) -> None:
     """Guards --fps validation: zero would divide by zero in the frame timer."""
     proc = _watch("--fps", "0", "tcp://127.0.0.1:1", runtime=private_registry)
     assert proc.returncode == 2
+
+
+def test_add_missing_recording_is_a_one_line_error(private_registry: Path, tmp_path: Path) -> None:
+    """Guards --add: a path that does not exist fails fast (exit 2) instead of an empty view."""
+    proc = _watch("--add", str(tmp_path / "nope.db"), "tcp://127.0.0.1:1", runtime=private_registry)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nope.db" in lines[0]

@@ -191,3 +191,21 @@ def test_importing_the_probe_does_not_import_textual() -> None:
     """Guards the training side staying light: gradtui.probe must not pull in the viewer."""
     code = "import sys, gradtui.probe; sys.exit('textual' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_parameters_moved_after_construction_keep_a_true_update_ratio() -> None:
+    """Guards cached parameter views going stale when ``model.to(...)`` swaps ``param.data``
+    after the Monitor was built: the update ratio must follow the new storage, not read 0."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    mon = Monitor(model, publish=False, optimizer=opt)
+    model.to(torch.float64)  # same Parameter objects, new storage
+    for _ in range(2):
+        model(torch.randn(4, 3, dtype=torch.float64)).sum().backward()
+        mon.step(0.0)
+        opt.step()
+        opt.zero_grad()
+    mon.close()
+    assert mon.last is not None and mon.faults == 0
+    assert mon.last.get("0", "update_ratio") > 1e-3

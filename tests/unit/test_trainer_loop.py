@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -78,41 +80,50 @@ def test_first_signal_asks_to_stop_and_handlers_are_restored() -> None:
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def _fake_mnist(root: Path) -> None:
+    """A 32-sample MNIST in the real IDX format where torchvision looks (<root>/MNIST/raw)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.random.default_rng(0).integers(0, 256, size=(32, 28, 28), dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 0x0803, 32, 28, 28) + images.tobytes()
+        )
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 0x0801, 32) + (np.arange(32) % 10).astype(np.uint8).tobytes()
+        )
+
+
+TINY = "--depth 2 --width 8 --batch-size 8 --steps 6 --threads 1 --log-every 3"
+
+
+@pytest.mark.parametrize(
+    ("extra", "name"),
+    [
+        ("--act tanh --bn --residual --clip-norm 0.5", "mlp-d2-tanh+bn+res+clip0.5"),
+        ("--arch cnn --act relu --bn --clip-value 0.1", "cnn-d2-relu+bn+clipv0.1"),
+        ("--dataset mnist --act gelu --optimizer adam", "mlp-d2-gelu"),
+    ],
+)
 def test_tiny_run_trains_in_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    extra: str,
+    name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Guards the whole loop with the real probe: a short run finishes with exit code 0."""
+    """Guards the whole loop with the real probe (MLP, CNN, an MNIST-format dataset, both
+    clipping modes, Adam): a short run prints its banner and progress and exits 0."""
     monkeypatch.setenv("GRADTUI_RUNTIME_DIR", str(tmp_path / "run"))
-    cfg = parse_config(
-        [
-            "--depth",
-            "2",
-            "--width",
-            "8",
-            "--batch-size",
-            "8",
-            "--steps",
-            "6",
-            "--threads",
-            "1",
-            "--act",
-            "tanh",
-            "--bn",
-            "--residual",
-            "--clip-norm",
-            "0.5",
-            "--log-every",
-            "3",
-            "--endpoint",
-            "tcp://127.0.0.1:*",
-        ]
-    )
+    _fake_mnist(tmp_path)
+    argv = [*TINY.split(" "), *extra.split(" "), "--data-dir", str(tmp_path)]
+    cfg = parse_config([*argv, "--endpoint", "tcp://127.0.0.1:*"])
     before = torch.get_num_threads()
     try:
         assert train(cfg) == 0
     finally:
         torch.set_num_threads(before)
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("trainer: run 'mlp-d2-tanh+bn+res+clip0.5'")
+    assert out[0].startswith(f"trainer: run '{name}'")
     assert out[2].startswith("step 3/6") and out[3].startswith("step 6/6")
     assert out[-1] == "trainer: finished after 6 steps"
