@@ -36,7 +36,7 @@ import numpy as np
 import zmq
 
 from gradtui import registry
-from gradtui.endpoints import EndpointError, bind_address, ipc_in_use, ipc_path
+from gradtui.endpoints import _MAX_IPC_PATH, EndpointError, bind_address, ipc_in_use, ipc_path
 from gradtui.protocol import (
     COLUMNS,
     MAX_NAME_CHARS,
@@ -100,6 +100,15 @@ def _validate(hello: Hello) -> None:
         raise ValueError(f"run schema rejected by the protocol: {exc}") from None
     if not hello.columns:
         raise ValueError("columns must not be empty")
+
+
+def _default_snapshot_endpoint(run: str, endpoint: str | None) -> str:
+    """Beside a private ipc endpoint, a private ipc socket too; else loopback tcp."""
+    if endpoint is None:
+        path = f"ipc://{registry.runtime_dir() / (run + '.snap.sock')}"
+        if len(path) - len("ipc://") <= _MAX_IPC_PATH:
+            return path
+    return "tcp://127.0.0.1:*"
 
 
 class Publisher:
@@ -187,11 +196,7 @@ class Publisher:
         all_sinks = list(sinks)
         if history:
             if snapshot_endpoint is None:
-                snapshot_endpoint = (
-                    f"ipc://{registry.runtime_dir() / (self.run + '.snap.sock')}"
-                    if endpoint is None
-                    else "tcp://127.0.0.1:*"
-                )
+                snapshot_endpoint = _default_snapshot_endpoint(self.run, endpoint)
             store = HistoryStore()
             self._snapshot_server = SnapshotServer(store, snapshot_endpoint)
             self._hello = dataclasses.replace(self._hello, snapshot=self._snapshot_server.endpoint)

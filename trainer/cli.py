@@ -32,7 +32,7 @@ DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda", "mps")
 
 # A conv layer at full width costs ~width^2 * 9 * H * W multiply-adds per sample, so the CNN
 # gets a narrower default than the MLP to stay interactive on a laptop CPU.
-DEFAULT_WIDTH: dict[Arch, int] = {"mlp": 256, "cnn": 32}
+DEFAULT_WIDTH: dict[Arch, int] = {"mlp": 256, "cnn": 16}
 DEFAULT_LR: dict[Optimizer, float] = {"sgd": 0.05, "adam": 1e-3}
 DEFAULT_MOMENTUM = 0.9
 
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--arch", choices=ARCHS, default="mlp", help="MLP or plain deep conv stack")
     m.add_argument("--depth", type=int, default=20, help="hidden layers (default 20)")
     m.add_argument(
-        "--width", type=int, help="units per hidden layer (mlp, default 256) or channels (cnn, 32)"
+        "--width", type=int, help="units per hidden layer (mlp, default 256) or channels (cnn, 16)"
     )
     m.add_argument("--act", choices=ACTIVATIONS, default="sigmoid", help="activation")
     m.add_argument("--bn", action="store_true", help="BatchNorm before each activation")

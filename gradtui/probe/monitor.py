@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -228,7 +229,8 @@ class Monitor:
         except Exception as exc:  # the training loop must never see our failures
             self._fault("step", exc)
             self._open = None
-            self._capture.take()
+            with contextlib.suppress(Exception):
+                self._capture.take()  # drop this step's captures (memory)
 
     def close(self, status: str = "finished", reason: str = "") -> None:
         """Publish what is pending, remove every hook and send the run's end. Idempotent.

@@ -126,7 +126,7 @@ def test_record_over_ssh_until_end(sshd: Sshd, runtime: Path, tmp_path: Path) ->
         time.sleep(0.5)
     finally:
         pub.close()
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     with open_recording(out) as rec:
         (run,) = rec.runs

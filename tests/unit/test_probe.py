@@ -443,3 +443,23 @@ def test_sampled_activation_stats_estimate_the_exact_ones() -> None:
     assert b.get("1", "act_saturated") == pytest.approx(a.get("1", "act_saturated"), abs=0.02)
     assert 0.1 < a.get("1", "act_saturated") < 0.9
     assert b.get("3", "act_dead") == a.get("3", "act_dead")
+
+
+def test_large_tensors_take_the_per_tensor_max_path() -> None:
+    """Guards max |g| for large tensors (per-tensor aminmax path, chosen by size): exact, and
+    NaN when the gradient holds a NaN."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 256))
+    mon = Monitor(model, publish=False)
+    model(torch.randn(8, 256)).pow(2).sum().backward()
+    fc = model[2]
+    assert isinstance(fc, nn.Linear) and fc.weight.grad is not None
+    fc.weight.grad[3, 7] = math.nan
+    mon.step(0.0)
+    mon.close()
+    t = mon.last
+    assert t is not None and mon.faults == 0
+    grads = [p.grad for p in model[0].parameters() if p.grad is not None]
+    want = max(float(g.abs().max()) for g in grads)
+    assert t.get("0", "grad_max") == pytest.approx(want, rel=1e-6)
+    assert math.isnan(t.get("2", "grad_max")) and t.get("2", "grad_nonfinite") == 1.0

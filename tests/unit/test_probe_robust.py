@@ -209,3 +209,16 @@ def test_parameters_moved_after_construction_keep_a_true_update_ratio() -> None:
     mon.close()
     assert mon.last is not None and mon.faults == 0
     assert mon.last.get("0", "update_ratio") > 1e-3
+
+
+def test_device_side_nonfinite_count_is_exact_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guards the accelerator non-finite count (x*0 then 0-norm, no host sync), run here on CPU
+    tensors, including the chunking that bounds its temporaries."""
+    from gradtui.probe import stats
+
+    ts = [torch.randn(100, 10), torch.randn(7), torch.randn(3, 3)]
+    ts[0][0, 0], ts[0][5, 5], ts[2][1, 1] = math.nan, math.inf, -math.inf
+    for chunk in (stats.CHUNK, 50):
+        monkeypatch.setattr(stats, "CHUNK", chunk)
+        got = stats.nonfinite_counts(ts, torch.device("cpu"))
+        assert got.tolist() == [2.0, 0.0, 1.0]

@@ -27,7 +27,7 @@ def test_defaults_match_the_documented_demo() -> None:
 
 def test_defaults_depend_on_arch_and_optimizer() -> None:
     """Guards the CNN's narrower default width and Adam's smaller default learning rate."""
-    assert parse_config(["--arch", "cnn"]).width == 32
+    assert parse_config(["--arch", "cnn"]).width == 16
     assert parse_config(["--arch", "cnn", "--width", "8"]).width == 8
     assert parse_config(["--optimizer", "adam"]).lr == pytest.approx(1e-3)
     assert parse_config(["--lr", "0.3"]).lr == pytest.approx(0.3)
