@@ -41,6 +41,10 @@ class Progress:
         self._print(f"trainer: run {name!r} (id {run}) publishing on {endpoint}")
         self._print(f"trainer: watch it with: gradtui watch {endpoint}")
 
+    def note(self, text: str) -> None:
+        """One informational line (suppressed by ``--quiet``)."""
+        self._print(f"trainer: {text}")
+
     def due(self, step: int) -> bool:
         """Whether :meth:`update` wants numbers for ``step`` (1-based count of steps done)."""
         if self._quiet:

@@ -22,12 +22,17 @@ import sys
 import threading
 from collections.abc import Iterable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gradtui.errors import GradtuiError
+
+if TYPE_CHECKING:
+    from gradtui.publish import Publisher
+    from gradtui.storage import RunRecorder
 from trainer.cli import Device, TrainConfig
 from trainer.console import Progress
 from trainer.data import batches, spec_for
@@ -170,17 +175,20 @@ def train(cfg: TrainConfig) -> int:
     clipper = Clipper(params, cfg)
     progress = Progress(quiet=cfg.quiet, log_every=cfg.log_every, total=cfg.steps)
 
+    recorder = _recorder(cfg)
     mon = Monitor(
         model,
         name=cfg.run_name(),
         config=cfg.as_dict(),
-        endpoint=cfg.endpoint,
         every=cfg.every,
         optimizer=opt,
+        publisher=_publisher(model, cfg, device, recorder),
     )
     status, reason, done, code = "crashed", "exception", 0, 1
     try:
         progress.banner(cfg.run_name(), mon.endpoint or "(not published)", mon.run or "-")
+        if recorder is not None:
+            progress.note(f"recording to {recorder.target} (--no-record to skip)")
         with StopSignal() as stop:
             while cfg.steps == 0 or done < cfg.steps:
                 if stop.reason is not None:
@@ -224,6 +232,41 @@ def train(cfg: TrainConfig) -> int:
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise
     finally:
-        mon.close(status=status, reason=reason)
+        mon.close(status=status, reason=reason)  # the End message reaches the recorder first
+        if recorder is not None and not recorder.close(timeout=10.0):
+            sys.stderr.write("trainer: recording did not finish writing in 10 s\n")
         progress.finish(status, done, reason)
     return code
+
+
+def _recorder(cfg: TrainConfig) -> RunRecorder | None:
+    """The run's SQLite recorder (a publisher sink: it writes off the training thread)."""
+    if not cfg.record:
+        return None
+    from gradtui.storage import RunRecorder, default_directory
+
+    return RunRecorder(cfg.record_dir or default_directory())
+
+
+def _publisher(
+    model: nn.Module, cfg: TrainConfig, device: torch.device, recorder: RunRecorder | None
+) -> Publisher:
+    """The run's publisher, built here so the recorder can be plugged in as a sink."""
+    from gradtui.probe.layers import discover
+    from gradtui.publish import Publisher
+
+    try:
+        return Publisher(
+            name=cfg.run_name(),
+            layers=discover(model).infos,
+            config=cfg.as_dict(),
+            endpoint=cfg.endpoint,
+            device=str(device),
+            torch_version=torch.__version__,
+            every=cfg.every,
+            sinks=[recorder] if recorder is not None else [],
+        )
+    except BaseException:
+        if recorder is not None:
+            recorder.close()
+        raise

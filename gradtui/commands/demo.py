@@ -40,8 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bind tcp://127.0.0.1:<free port> instead of private ipc sockets",
     )
     parser.add_argument(
-        "--record-dir", metavar="DIR", help="record the runs there (default: not recorded)"
+        "--record-dir",
+        metavar="DIR",
+        default="runs",
+        help="record the runs there, to replay or compare later (default: ./runs)",
     )
+    parser.add_argument("--no-record", action="store_true", help="do not record the runs")
     parser.add_argument(
         "--stop-timeout",
         type=float,
@@ -86,7 +90,7 @@ def make_group(args: argparse.Namespace) -> TrainerGroup:
         depth=args.depth,
         steps=args.steps,
         extra=("--width", str(args.width)),
-        record_dir=args.record_dir,
+        record_dir=None if args.no_record else args.record_dir,
         tcp=args.tcp,
     )
 
