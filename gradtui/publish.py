@@ -131,6 +131,8 @@ class Publisher:
         sinks: called in the sender thread with every message sent; exceptions counted.
         history: keep a bounded history of the run and serve it to late joiners (the Clone
             pattern, ``gradtui.snapshot``); its endpoint goes out in every ``hello``.
+        relay: also connect to a ``gradtui relay`` frontend at this endpoint, so viewers of
+            the relay see the run (the publisher still binds its own endpoint).
         snapshot_endpoint: where the history service binds; default ``ipc://<run>.snap.sock``
             beside a default endpoint, else ``tcp://127.0.0.1:*``.
 
@@ -159,6 +161,7 @@ class Publisher:
         sinks: Sequence[Sink] = (),
         history: bool = True,
         snapshot_endpoint: str | None = None,
+        relay: str | None = None,
     ) -> None:
         if every < 1 or queue_size < 1 or hello_interval <= 0 or heartbeat_interval <= 0:
             raise ValueError("every, queue_size and intervals must be positive")
@@ -192,6 +195,7 @@ class Publisher:
         self._register = register
         self.phase = "train"
 
+        self.relay = relay
         self._snapshot_server: SnapshotServer | None = None
         all_sinks = list(sinks)
         if history:
@@ -443,6 +447,12 @@ class _SenderLoop:
             sock.close(0)
             raise
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self._owner.relay:
+            try:  # connecting never blocks: libzmq retries in the background
+                sock.connect(self._owner.relay)
+            except zmq.ZMQError as exc:
+                sock.close(0)
+                raise EndpointError(f"cannot connect to relay {self._owner.relay}: {exc}") from None
         self._bound_path = path
         self._bound_at = time.monotonic()
         return sock

@@ -71,7 +71,9 @@ class TrainConfig:
     every: int = 1
     """Publish telemetry every N-th step."""
     endpoint: str | None = None
-    """ZeroMQ endpoint to bind; None lets the probe pick a free loopback port."""
+    """ZeroMQ endpoint to bind; None: a private ipc socket in the runtime directory."""
+    relay: str | None = None
+    """A ``gradtui relay`` frontend to also publish to (many nodes, one place to watch)."""
     name: str | None = None
     """Run name shown in the dashboard; None derives one from the config."""
     quiet: bool = False
@@ -158,7 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t = p.add_argument_group("telemetry and output")
     t.add_argument("--every", type=int, default=1, help="publish telemetry every N steps")
-    t.add_argument("--endpoint", help="ZeroMQ endpoint to bind (default: a free loopback port)")
+    t.add_argument(
+        "--endpoint",
+        help="ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:5555 (default: a private ipc socket)",
+    )
+    t.add_argument(
+        "--relay", metavar="ENDPOINT", help="also publish to this `gradtui relay --frontend`"
+    )
     t.add_argument("--name", help="run name shown in the dashboard (default: from the flags)")
     t.add_argument("--quiet", action="store_true", help="print nothing but errors")
     t.add_argument(
@@ -207,6 +215,8 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
             _bad("--momentum applies to --optimizer sgd only")
         if not (math.isfinite(ns.momentum) and 0 <= ns.momentum < 1):
             _bad(f"--momentum must be in [0, 1), got {ns.momentum:g}")
+    if ns.relay is not None and "://" not in ns.relay:
+        _bad(f"--relay must look like tcp://host:5555, got {ns.relay!r}")
     if ns.endpoint is not None and "://" not in ns.endpoint:
         _bad(f"--endpoint must look like tcp://127.0.0.1:5555 or ipc:///path, got {ns.endpoint!r}")
     if ns.name is not None and not 0 < len(ns.name) <= 128:
@@ -236,6 +246,7 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
         threads=ns.threads,
         every=ns.every,
         endpoint=ns.endpoint,
+        relay=ns.relay,
         name=ns.name,
         quiet=ns.quiet,
         log_every=ns.log_every,

@@ -265,6 +265,7 @@ def _publisher(
             torch_version=torch.__version__,
             every=cfg.every,
             sinks=[recorder] if recorder is not None else [],
+            relay=cfg.relay,
         )
     except BaseException:
         if recorder is not None:

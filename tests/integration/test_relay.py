@@ -133,3 +133,43 @@ def test_relay_command_exits_cleanly(ctx: zmq.Context[zmq.Socket[bytes]], sig: i
             assert proc.wait(10) == 0
         finally:
             proc.kill()
+
+
+def test_real_publishers_through_relay_to_subscriber(tmp_path: Path) -> None:
+    """Guards `Publisher(relay=...)`: two runs on their own endpoints, one viewer on the relay."""
+    import numpy as np
+
+    from gradtui.publish import Publisher
+    from gradtui.subscribe import Subscriber
+    from gradtui.synthetic import synthetic_layers
+
+    layers = synthetic_layers(2)
+    stats = np.zeros((len(layers), 11), np.float32)
+    with Relay("tcp://127.0.0.1:*", "tcp://127.0.0.1:*") as relay:
+        pubs = [
+            Publisher(
+                name=f"node{i}",
+                layers=layers,
+                endpoint="tcp://127.0.0.1:*",
+                register=False,
+                relay=relay.frontend,
+                hello_interval=0.2,
+            )
+            for i in range(2)
+        ]
+        steps: dict[str, set[int]] = {p.run: set() for p in pubs}
+        try:
+            with Subscriber([relay.backend]) as sub:
+                deadline = time.monotonic() + 15
+                step = 0
+                while time.monotonic() < deadline and not all(len(s) >= 5 for s in steps.values()):
+                    for pub in pubs:
+                        pub.publish_step(step=step, loss=1.0, stats=stats)
+                    step += 1
+                    for got in sub.poll(0.05):
+                        if got.message.kind == "step":
+                            steps[got.message.run].add(got.message.step)  # type: ignore[union-attr]
+        finally:
+            for pub in pubs:
+                pub.close()
+    assert all(len(s) >= 5 for s in steps.values()), steps
