@@ -117,7 +117,8 @@ def test_tiny_run_trains_in_process(
     monkeypatch.setenv("GRADTUI_RUNTIME_DIR", str(tmp_path / "run"))
     _fake_mnist(tmp_path)
     argv = [*TINY.split(" "), *extra.split(" "), "--data-dir", str(tmp_path)]
-    cfg = parse_config([*argv, "--endpoint", "tcp://127.0.0.1:*"])
+    rec_dir = tmp_path / "rec"
+    cfg = parse_config([*argv, "--endpoint", "tcp://127.0.0.1:*", "--record-dir", str(rec_dir)])
     before = torch.get_num_threads()
     try:
         assert train(cfg) == 0
@@ -125,5 +126,11 @@ def test_tiny_run_trains_in_process(
         torch.set_num_threads(before)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"trainer: run '{name}'")
-    assert out[2].startswith("step 3/6") and out[3].startswith("step 6/6")
+    assert out[2] == f"trainer: recording to {rec_dir} (--no-record to skip)"
+    assert out[3].startswith("step 3/6") and out[4].startswith("step 6/6")
     assert out[-1] == "trainer: finished after 6 steps"
+    from gradtui.storage import open_recording
+
+    with open_recording(rec_dir) as recording:  # the run was recorded, End included
+        (run,) = recording.runs
+        assert run.steps == 6 and run.end is not None and run.end.status == "finished"
