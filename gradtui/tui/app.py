@@ -45,6 +45,8 @@ class GradApp(App[int]):
     TITLE = "gradtui"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "quit"),
+        # Textual's default ctrl+c only hints at ctrl+q; in a terminal tool Ctrl-C must quit.
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
         Binding("space", "toggle_pause", "pause"),
         Binding("l", "toggle_log", "log/linear"),
         Binding("s", "save_svg", "screenshot"),

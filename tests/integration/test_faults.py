@@ -11,6 +11,7 @@ import os
 import pty
 import random
 import re
+import select
 import shutil
 import signal
 import statistics
@@ -28,6 +29,21 @@ import numpy as np
 import psutil
 import pytest
 import zmq
+from faults_helpers import (
+    ROOT,
+    alive,
+    child_env,
+    drain,
+    free_tcp,
+    gradtui,
+    kill_tree,
+    read_line,
+    spawn,
+    trainer,
+    tree,
+    wait_for,
+    wait_gone,
+)
 
 from gradtui.protocol import (
     COLUMNS,
@@ -44,21 +60,6 @@ from gradtui.publish import Publisher
 from gradtui.state import Fleet, Liveness
 from gradtui.subscribe import Subscriber
 from gradtui.synthetic import SyntheticRun, synthetic_layers
-from faults_helpers import (
-    ROOT,
-    alive,
-    child_env,
-    drain,
-    free_tcp,
-    gradtui,
-    kill_tree,
-    read_line,
-    spawn,
-    trainer,
-    tree,
-    wait_for,
-    wait_gone,
-)
 
 EXIT_BOUND_S = 2.0  # the promise: every command ends this fast on Ctrl-C / hang-up
 STARTUP_S = 60.0  # generous: a loaded 2-core CI box imports torch slowly
@@ -119,6 +120,7 @@ def _publisher(**kw: object) -> Publisher:
         "endpoint": "tcp://127.0.0.1:*",
         "hello_interval": 0.3,
         "heartbeat_interval": 0.2,
+        "register": False,  # the test process's own registry is the user's: stay out of it
     }
     return Publisher(**{**defaults, **kw})  # type: ignore[arg-type]
 
@@ -131,7 +133,8 @@ class Seen:
     steps: list[int] = field(default_factory=list)
     end: End | None = None
 
-    def take(self, sub: Subscriber, timeout: float = 0.1) -> None:
+    def take(self, sub: Subscriber, timeout: float = 0.1) -> Seen:
+        """Fold in what one poll brings; returns self so waits read as one expression."""
         for got in sub.poll(timeout):
             msg = got.message
             if isinstance(msg, Hello):
@@ -140,6 +143,7 @@ class Seen:
                 self.steps.append(msg.step)
             elif isinstance(msg, End):
                 self.end = msg
+        return self
 
 
 # --------------------------------------------------------------------------- 1. stalled viewer
@@ -147,7 +151,7 @@ class Seen:
 
 def _timed_steps(pub: Publisher, stats: np.ndarray, steps: int, first: int) -> list[float]:
     """Per-step wall time of a loop doing ~1 ms of matmul "training" then ``publish_step``."""
-    a = np.full((96, 96), 0.01, np.float32)
+    a = np.full((160, 160), 0.01, np.float32)
     times = []
     for i in range(first, first + steps):
         t0 = time.perf_counter()
@@ -158,6 +162,7 @@ def _timed_steps(pub: Publisher, stats: np.ndarray, steps: int, first: int) -> l
     return times
 
 
+@pytest.mark.slow
 def test_stopped_viewer_process_does_not_slow_publishing(
     runtime: Path, reaper: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -165,63 +170,64 @@ def test_stopped_viewer_process_does_not_slow_publishing(
     non-blocking once that viewer's socket buffers are full, and the viewer recovers."""
     layers = synthetic_layers(500)  # ~44 KB per step: fills a stopped reader's buffers fast
     stats = SyntheticRun(layers, mode="healthy").stats(0)
-    with _publisher(layers=layers, register=False) as pub:
-        base = _timed_steps(pub, stats, 300, 0)  # nobody subscribed yet
-        viewer = spawn(gradtui("tail", pub.endpoint, "--json"), child_env(runtime))
+    with (
+        _publisher(layers=layers) as alone,
+        _publisher(layers=layers) as pub,
+    ):
+        viewer = spawn(gradtui("tail", pub.endpoint), child_env(runtime))  # one line a step
         reaper.append(viewer)
-        step = 300
+        step = 0
         deadline = time.monotonic() + STARTUP_S
         while time.monotonic() < deadline:  # pump until the viewer prints its first step
             pub.publish_step(step=step, loss=1.0, stats=stats)
             step += 1
-            if read_line(viewer, 0.05, r'"step"'):
+            if read_line(viewer, 0.05, " step "):
                 break
         else:
             pytest.fail("the viewer never printed a step")
         os.killpg(viewer.pid, signal.SIGSTOP)
-        wait_for(
-            lambda: psutil.Process(viewer.pid).status() == psutil.STATUS_STOPPED, 5, "SIGSTOP"
-        )
-        _timed_steps(pub, stats, 1500, step)  # ~66 MB: every buffer on the way is full now
-        stalled = _timed_steps(pub, stats, 300, step + 1500)
+        wait_for(lambda: psutil.Process(viewer.pid).status() == psutil.STATUS_STOPPED, 5, "SIGSTOP")
+        _timed_steps(pub, stats, 1200, step)  # ~53 MB > SNDHWM: every buffer on the way is full
+        step += 1200
+        base: list[float] = []
+        stalled: list[float] = []
+        for _ in range(10):  # interleaved, so load from other processes hits both alike
+            base += _timed_steps(alone, stats, 30, step)
+            stalled += _timed_steps(pub, stats, 30, step)
+            step += 30
         ratio = statistics.median(stalled) / statistics.median(base)
         print(f"median step {statistics.median(base) * 1e3:.3f} ms -> x{ratio:.3f} stalled")
-        assert ratio < 1.5, (ratio, pub.dropped)
+        assert ratio < 1.5, ratio
+        drain(viewer)  # what it printed before the stop
         os.killpg(viewer.pid, signal.SIGCONT)
-        drain(viewer)
-        step += 1800
-        deadline = time.monotonic() + 20
-        resumed = ""
-        while not resumed and time.monotonic() < deadline:  # fresh steps reach it again
-            pub.publish_step(step=step, loss=1.0, stats=stats)
-            resumed = read_line(viewer, 0.05, rf'"step": {step}\b')
-            step += 1
-        assert resumed, "the viewer did not resume after SIGCONT"
+        assert read_line(viewer, 20, " step "), "the viewer did not resume after SIGCONT"
     os.killpg(viewer.pid, signal.SIGINT)
     assert viewer.wait(10) == 0
 
 
-def _rates_after(lines: list[tuple[float, str]], since: float, min_step: int) -> list[float]:
-    """The trainer's own steps/s figures printed after ``since`` for steps >= ``min_step``."""
+def _rates(lines: list[tuple[float, str]], start: float, stop: float) -> list[float]:
+    """The trainer's own steps/s figures printed between ``start`` and ``stop``."""
     out = []
     for t, line in lines:
-        m = re.match(r"step (\d+)/\d+ .* ([\d.]+) steps/s", line)
-        if m and t >= since and int(m.group(1)) >= min_step:
-            out.append(float(m.group(2)))
+        m = re.match(r"step \d+(?:/\d+)? .* ([\d.]+) steps/s", line)
+        if m and start <= t <= stop:
+            out.append(float(m.group(1)))
     return out
 
 
 def _train_collecting(
     argv: list[str], env: dict[str, str], reaper: list[subprocess.Popen[bytes]]
 ) -> tuple[subprocess.Popen[bytes], list[tuple[float, str]], threading.Thread]:
+    """A trainer whose stdout lines are collected, with their arrival time, by a thread."""
     proc = spawn(argv, env)
     reaper.append(proc)
     lines: list[tuple[float, str]] = []
 
     def read() -> None:
         assert proc.stdout is not None
-        for raw in proc.stdout:
-            lines.append((time.monotonic(), raw.decode(errors="replace").strip()))
+        lines.extend(
+            (time.monotonic(), raw.decode(errors="replace").strip()) for raw in proc.stdout
+        )
 
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
@@ -233,29 +239,33 @@ def test_trainer_speed_with_a_stopped_viewer(
     runtime: Path, reaper: list[subprocess.Popen[bytes]]
 ) -> None:
     """Guards the headline promise: a frozen (SIGSTOP) `gradtui tail` viewer leaves the real
-    trainer's steps/s where it is without any viewer (loosely here; the doc has the ratio)."""
+    trainer's steps/s where a twin trainer with no viewer is (loosely here; the doc has the
+    ratio). The twins run side by side, so load from other processes hits both alike."""
     env = child_env(runtime)
-    flags = ["--steps", "1000", "--log-every", "100", "--no-record"]
+    flags = ["--steps", "0", "--log-every", "50", "--no-record"]
     ep = free_tcp()
     viewer = spawn(gradtui("tail", ep, "--json"), env)  # waits, reconnecting, for the bind
     reaper.append(viewer)
-    proc, lines, reader = _train_collecting(trainer(*flags, "--endpoint", ep), env, reaper)
+    watched = _train_collecting(trainer(*flags, "--endpoint", ep), env, reaper)
+    alone = _train_collecting(trainer(*flags, "--endpoint", free_tcp()), env, reaper)
     assert read_line(viewer, STARTUP_S, r'"step"'), "the viewer never printed a step"
     os.killpg(viewer.pid, signal.SIGSTOP)
-    stopped_at = time.monotonic()
-    assert proc.wait(STARTUP_S) == 0
-    reader.join(5)
-    with_stalled = _rates_after(lines, stopped_at, 400)
-    assert len(with_stalled) >= 3, lines  # the viewer was frozen well before step 400
-
-    base_ep = free_tcp()
-    proc, lines, reader = _train_collecting(trainer(*flags, "--endpoint", base_ep), env, reaper)
-    assert proc.wait(STARTUP_S) == 0
-    reader.join(5)
-    alone = _rates_after(lines, 0.0, 400)
-    ratio = statistics.median(alone) / statistics.median(with_stalled)
-    print(f"steps/s alone {statistics.median(alone):.1f}, stalled viewer x{ratio:.3f} step time")
-    assert ratio < 1.5, (alone, with_stalled)
+    start = time.monotonic() + 1.0  # past the progress interval that saw the viewer reading
+    wait_for(lambda: bool(_rates(alone[1], start, time.monotonic())), STARTUP_S, "the twin")
+    time.sleep(5.0)  # the measurement window: both train, one of them past a frozen viewer
+    stop = time.monotonic()
+    for proc, _, reader in (watched, alone):
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(10) == 0
+        reader.join(5)
+    with_stalled, without = _rates(watched[1], start, stop), _rates(alone[1], start, stop)
+    assert len(with_stalled) >= 3 and len(without) >= 3, (watched[1], alone[1])
+    ratio = statistics.median(without) / statistics.median(with_stalled)
+    print(
+        f"steps/s: no viewer {statistics.median(without):.1f}, stalled viewer "
+        f"{statistics.median(with_stalled):.1f}: step time x{ratio:.3f}"
+    )
+    assert ratio < 1.5, (without, with_stalled)
 
 
 # --------------------------------------------------------------------------- 2. kill -9 of peers
@@ -284,7 +294,7 @@ def test_kill_9_of_viewer_recorder_and_relay_never_reaches_the_trainer(
     with Subscriber([ep]) as direct, Subscriber([backend]) as via_relay:
         seen, relayed = Seen(), Seen()
         wait_for(lambda: bool(read_line(viewer, 0.1, r'"step"')), STARTUP_S, "the viewer")
-        wait_for(lambda: relayed.take(via_relay) or bool(relayed.steps), 20, "relayed steps")
+        wait_for(lambda: bool(relayed.take(via_relay).steps), 20, "relayed steps")
         wait_for(lambda: (runtime / "rec.sqlite").exists(), 20, "the recording")
         peers = [p for proc in (viewer, recorder, relay) for p in tree(proc.pid)]
         for proc in (viewer, recorder, relay):
@@ -294,14 +304,14 @@ def test_kill_9_of_viewer_recorder_and_relay_never_reaches_the_trainer(
             assert proc.wait(5) == -signal.SIGKILL
         seen.take(direct)
         seen.steps.clear()
-        wait_for(lambda: seen.take(direct) or len(seen.steps) >= 200, 30, "200 more steps")
+        wait_for(lambda: len(seen.take(direct).steps) >= 200, 30, "200 more steps")
         assert train.poll() is None
         assert seen.steps == list(range(seen.steps[0], seen.steps[0] + len(seen.steps)))
         t0 = time.monotonic()
         os.killpg(train.pid, signal.SIGINT)
         rc = train.wait(10)
         took = time.monotonic() - t0
-        wait_for(lambda: seen.take(direct) or seen.end is not None, 5, "the end message")
+        wait_for(lambda: seen.take(direct).end is not None, 5, "the end message")
     _, err = train.communicate(timeout=5)
     print(f"trainer exit after Ctrl-C: {took:.2f} s")
     assert rc == 0 and b"Traceback" not in err, err
@@ -333,7 +343,12 @@ def test_killed_trainer_turns_stale_and_is_pruned(
     train = spawn(trainer("--steps", "0", "--quiet", "--no-record", "--name", "doomed"), env)
     reaper.append(train)
     runs: list[dict[str, object]] = []
-    wait_for(lambda: bool(runs.extend(_ls(env)) or runs), STARTUP_S, "`gradtui ls` to list it")
+
+    def listed() -> bool:
+        runs[:] = _ls(env)
+        return bool(runs)
+
+    wait_for(listed, STARTUP_S, "`gradtui ls` to list it")
     (entry,) = runs
     assert entry["pid"] == train.pid and str(entry["endpoint"]).startswith("ipc://")
     run = str(entry["run"])
@@ -341,21 +356,16 @@ def test_killed_trainer_turns_stale_and_is_pruned(
     source.open()
     try:
 
-        def pump() -> bool:
+        def liveness() -> Liveness | None:
             fleet.apply_many(source.poll(0.05))
             state = fleet.runs.get(run)
-            return state is not None and state.liveness(time.time()) is Liveness.STALE
+            return None if state is None else state.liveness(time.time())
 
-        def live() -> bool:
-            pump()
-            state = fleet.runs.get(run)
-            return state is not None and state.liveness(time.time()) is Liveness.LIVE
-
-        wait_for(live, 30, "the run to look live")
+        wait_for(lambda: liveness() is Liveness.LIVE, 30, "the run to look live")
         os.killpg(train.pid, signal.SIGKILL)
         killed = time.time()
         assert train.wait(5) == -signal.SIGKILL
-        wait_for(pump, 15, "the run to turn stale")
+        wait_for(lambda: liveness() is Liveness.STALE, 15, "the run to turn stale")
         stale_after = time.time() - killed
         state = fleet.runs[run]
         assert state.end is None and state.counters.steps > 0
@@ -375,7 +385,7 @@ def test_killed_trainer_turns_stale_and_is_pruned(
 def test_ipc_path_in_use_is_one_line_and_exit_2(runtime: Path) -> None:
     """Guards a taken ipc --endpoint (a live publisher owns it): the trainer must refuse with
     one line and exit 2, not silently steal the socket from the live run."""
-    with _publisher(endpoint=f"ipc://{runtime}/busy.sock", register=False) as pub:
+    with _publisher(endpoint=f"ipc://{runtime}/busy.sock") as pub:
         out = subprocess.run(
             trainer("--steps", "1", "--quiet", "--no-record", "--endpoint", pub.endpoint),
             cwd=ROOT,
@@ -446,18 +456,19 @@ def test_dataloader_with_forked_workers(
     with Subscriber([ep]) as sub:
         seen: list[object] = []
 
-        def take() -> None:
+        def take() -> list[object]:
             for got in sub.poll(0.1):
                 seen.append(got.message)
                 fleet.apply(got.message, got.received, got.endpoint)
+            return seen
 
-        wait_for(lambda: take() or any(isinstance(m, Hello) for m in seen), STARTUP_S, "hello")
+        wait_for(lambda: any(isinstance(m, Hello) for m in take()), STARTUP_S, "hello")
         assert proc.stdin is not None
         proc.stdin.write(b"go\n")
         proc.stdin.close()
         proc.stdin = None
         out, err = proc.communicate(timeout=STARTUP_S)
-        wait_for(lambda: take() or any(isinstance(m, End) for m in seen), 5, "the end message")
+        wait_for(lambda: any(isinstance(m, End) for m in take()), 5, "the end message")
         take()
     assert proc.returncode == 0 and b"Traceback" not in err, err
     words = out.decode().split()
@@ -489,7 +500,7 @@ def test_closed_terminal_ends_the_viewer(runtime: Path) -> None:
     and leaves no process behind (no receive thread keeping it alive, no orphaned child)."""
     env = child_env(runtime, TERM="xterm-256color")
     sock = runtime / "tmux.sock"
-    with _publisher(register=False) as pub, Pump(pub):
+    with _publisher() as pub, Pump(pub):
         command = " ".join([sys.executable, "-m", "gradtui", "watch", pub.endpoint])
         _tmux(sock, env, "new-session", "-d", "-s", "gt", "-x", "120", "-y", "40", command)
         try:
@@ -500,25 +511,23 @@ def test_closed_terminal_ends_the_viewer(runtime: Path) -> None:
             assert any("watch" in " ".join(p.cmdline()) for p in procs)
             t0 = time.monotonic()
             _tmux(sock, env, "kill-session", "-t", "gt")
-            took = wait_gone(procs, 10)
+            wait_gone(procs, 10)
+            took = time.monotonic() - t0  # includes the tmux client's own run
         finally:
             _tmux(sock, env, "kill-server")
-    print(f"watch gone {took:.2f} s after its terminal closed")
+    print(f"watch gone {took:.3f} s after its terminal closed")
     assert took < EXIT_BOUND_S, took
-    assert time.monotonic() - t0 < 15
 
 
 # --------------------------------------------------------------------------- 7. Ctrl-C
 
 
-def _ctrl_c_bound(proc: subprocess.Popen[bytes], ready: float) -> float:
+def _ctrl_c_bound(proc: subprocess.Popen[bytes]) -> float:
     """Send Ctrl-C (SIGINT to the process group, as a terminal does) and time the tree's exit."""
     procs = tree(proc.pid)
-    t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
     took = wait_gone(procs, 10)
     assert proc.wait(5) == 0
-    assert time.monotonic() - t0 >= 0 and ready >= 0
     return took
 
 
@@ -528,22 +537,22 @@ def test_ctrl_c_ends_each_command_promptly(
 ) -> None:
     """Guards Ctrl-C on the long-running commands: exit 0 within 2 s, no process left."""
     env = child_env(runtime)
-    with _publisher(register=False) as pub, Pump(pub):
+    with _publisher() as pub, Pump(pub):
         if command == "tail":
             proc = spawn(gradtui("tail", pub.endpoint, "--json"), env)
             reaper.append(proc)
-            ready = wait_for(lambda: bool(read_line(proc, 0.1, '"step"')), STARTUP_S, "tail")
+            wait_for(lambda: bool(read_line(proc, 0.1, '"step"')), STARTUP_S, "tail")
         elif command == "record":
             out = runtime / "rec.sqlite"
             proc = spawn(gradtui("record", pub.endpoint, "-o", str(out), "--quiet"), env)
             reaper.append(proc)
-            ready = wait_for(out.exists, STARTUP_S, "the recording")
+            wait_for(out.exists, STARTUP_S, "the recording")
             time.sleep(0.3)  # let a few steps be in flight: Ctrl-C must still be prompt
         else:
             proc = spawn(gradtui("relay", "--frontend", free_tcp(), "--backend", free_tcp()), env)
             reaper.append(proc)
-            ready = wait_for(lambda: bool(read_line(proc, 0.1, "frontend")), STARTUP_S, "relay")
-        took = _ctrl_c_bound(proc, ready)
+            wait_for(lambda: bool(read_line(proc, 0.1, "frontend")), STARTUP_S, "relay")
+        took = _ctrl_c_bound(proc)
         _, err = proc.communicate(timeout=5)
     print(f"{command} gone {took:.2f} s after Ctrl-C")
     assert took < EXIT_BOUND_S and b"Traceback" not in err, (took, err)
@@ -569,28 +578,16 @@ def _read_pty_until(fd: int, needle: bytes, timeout: float) -> bytes:
     deadline = time.monotonic() + timeout
     while needle not in seen and time.monotonic() < deadline:
         try:
-            seen += os.read(fd, 65536) if select_ready(fd) else b""
+            seen += os.read(fd, 65536) if select.select([fd], [], [], 0.1)[0] else b""
         except OSError:
             break
     return seen
 
 
-def select_ready(fd: int) -> bool:
-    import select
-
-    return bool(select.select([fd], [], [], 0.1)[0])
-
-
 @pytest.mark.parametrize(
     "how",
     [
-        pytest.param(
-            "ctrl+c",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="Textual maps the ^C key to help_quit; GradtuiApp needs a ctrl+c binding",
-            ),
-        ),
+        "ctrl+c",
         "ctrl+q",
         "sigint",
     ],
@@ -601,7 +598,7 @@ def test_ctrl_c_ends_watch_promptly(
     """Guards Ctrl-C in the dashboard: the ^C key in its terminal, or SIGINT from outside,
     ends `gradtui watch` within 2 s with no process left behind."""
     env = child_env(runtime, TERM="xterm-256color")
-    with _publisher(register=False) as pub, Pump(pub):
+    with _publisher() as pub, Pump(pub):
         proc, master = _pty_watch(pub.endpoint, env)
         reaper.append(proc)
         try:
@@ -612,7 +609,7 @@ def test_ctrl_c_ends_watch_promptly(
                 os.write(master, b"\x03" if how == "ctrl+c" else b"\x11")
             else:
                 os.killpg(proc.pid, signal.SIGINT)
-            while alive(procs) and time.monotonic() - t0 < 10:
+            while alive(procs) and time.monotonic() - t0 < 2 * EXIT_BOUND_S:
                 _read_pty_until(master, b"\x00", 0.05)  # keep the terminal drained
             took = time.monotonic() - t0
             assert not alive(procs), f"watch still running {took:.1f} s after Ctrl-C ({how})"
@@ -638,7 +635,9 @@ _VALUES += ("hello", "end", "fuzz", "finished", True, None, [], {}, b"\x00", [1,
 
 
 def _random_map(rng: random.Random) -> dict[str, object]:
-    head: dict[str, object] = {k: rng.choice(_VALUES) for k in rng.sample(_KEYS, rng.randint(0, 12))}
+    head: dict[str, object] = {
+        k: rng.choice(_VALUES) for k in rng.sample(_KEYS, rng.randint(0, 12))
+    }
     if rng.random() < 0.5:  # often plausible enough to reach the deeper checks
         head.update(v=1, kind=rng.choice(("step", "hello", "heartbeat", "end")), run="fuzz")
     return head
@@ -715,9 +714,12 @@ def test_fuzzed_stream_is_counted_never_crashes() -> None:
     try:
         with Subscriber([endpoint], watchdog_s=3600) as sub:
             probe = encode(Heartbeat(run="probe", inc="p", seq=0, t=0.0))
-            wait_for(
-                lambda: pub.send_multipart(probe) or bool(sub.poll(0.05)), 10, "the connection"
-            )
+
+            def connected() -> bool:
+                pub.send_multipart(probe)
+                return bool(sub.poll(0.05))
+
+            wait_for(connected, 10, "the connection")
             base = sub.stats[endpoint].received + sub.stats[endpoint].malformed
             applied = 0
             sent = 0
@@ -757,5 +759,5 @@ def test_fuzzed_stream_is_counted_never_crashes() -> None:
     assert clean.latest is not None and clean.latest.step == max(
         s for s in range(clean_seq) if s % 50
     )
-    print(f"fuzz: {expect}, clean steps {clean.counters.steps}")
+    print(f"fuzz: {expect}, clean messages {clean_seq}, clean steps {clean.counters.steps}")
     assert min(expect.values()) > 1000  # the mix really exercised every path

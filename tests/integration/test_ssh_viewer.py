@@ -126,7 +126,12 @@ def test_record_over_ssh_until_end(sshd: Sshd, runtime: Path, tmp_path: Path) ->
         time.sleep(0.5)
     finally:
         pub.close()
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave a recorder (and its ssh) behind
+            proc.kill()
+            proc.wait(10)
     assert proc.returncode == 0, err
     with open_recording(out) as rec:
         (run,) = rec.runs
