@@ -3,11 +3,14 @@
 Hooks are registered only while a published step's forward/backward runs (``arm``/``disarm``),
 so unpublished steps pay nothing: no hook calls, and modules keep PyTorch's hook-free fast path.
 
-Output gradients come from a tensor hook that keeps a reference to the gradient. Not
-``retain_grad()``: its hook clones every gradient (measured +0.6 ms of backward on a depth-20
-width-256 MLP, against the hooks' Python calls). An output later modified in place
-(``nn.ReLU(inplace=True)`` after a ``Linear``) no longer holds the module's values: the tensor's
-version counter tells, that capture is discarded and the row switches to copying its outputs.
+Output gradients of large outputs come from a tensor hook that keeps a reference to the
+gradient: ``retain_grad()`` clones every gradient (measured +0.6 ms of backward on a depth-20
+width-256 MLP, against the hooks' Python calls). Small outputs use ``retain_grad()`` (0.4 µs, in
+C++, against about 4 µs to register a Python hook plus its call in backward). An output later
+modified in place (``nn.ReLU(inplace=True)`` after a ``Linear``) no longer holds the module's
+values (and a retained gradient would be the modified tensor's): the tensor's version counter
+tells, that capture is discarded and the row switches to copying its outputs and hooking its
+gradient before the modification.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ MAX_CALLS = 16
 """Captures kept per row and step; bounds memory if a module runs many times (or in eval
 forwards with gradients enabled) before the next ``Monitor.step``."""
 
+HOOK_NUMEL = 16384
+"""Output size from which a Python gradient hook (no copy) beats ``retain_grad`` (a clone)."""
+
 FaultSink = Callable[[str, BaseException], None]
 _Tensor = torch.Tensor
 
@@ -38,14 +44,19 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
-def _into(cell: list[Any]) -> Callable[[torch.Tensor], None]:
-    """A gradient hook storing into ``cell[3]`` (summed over repeated backward passes, like
+def _into(box: list[torch.Tensor | None], on_fault: FaultSink) -> Callable[[torch.Tensor], None]:
+    """A gradient hook storing into ``box[0]`` (summed over repeated backward passes, like
     ``retain_grad``). A reference, not a copy: autograd never writes into a gradient it handed to
-    a hook while another reference is alive."""
+    a hook while another reference is alive. The box must not reference the output: output ->
+    grad_fn -> hook -> output would be a cycle keeping the whole graph alive until a GC pass."""
 
     def on_grad(g: torch.Tensor) -> None:
-        prev = cell[3]
-        cell[3] = g if prev is None else prev + g
+        try:
+            prev = box[0]
+            box[0] = g if prev is None else prev + g
+        except Exception as exc:  # never raise inside autograd
+            box[0] = None
+            on_fault("grad hook", exc)
 
     return on_grad
 
@@ -57,14 +68,18 @@ class Capture:
         self._layout = layout
         self._on_fault = on_fault
         self._handles: list[RemovableHandle] = []
-        self._kept: list[list[Any]] = []
-        """[row, output, version at capture, gradient or None] in call order."""
+        self._kept: list[tuple[int, torch.Tensor, int, list[torch.Tensor | None] | None]] = []
+        """(row, output, version at capture, [its gradient or None], or None where the output
+        retains its gradient) in call order."""
         self._hooked: list[tuple[int, torch.Tensor]] = []
         """(row, gradient) delivered by tensor hooks, for rows whose outputs change in place."""
         self._copies: list[tuple[int, torch.Tensor]] = []
         """(row, output copy) for activation rows whose outputs change in place."""
         self._inplace = [False] * len(layout.rows)
         self._calls = [0] * len(layout.rows)
+        self._acts = [row.act for row in layout.rows]
+        # Built once: arming every ``every`` steps then costs only the registrations.
+        self._hooks = [(row.module, self._forward_hook(row.index, row.act)) for row in layout.rows]
 
     @property
     def armed(self) -> bool:
@@ -74,9 +89,7 @@ class Capture:
         """Register the forward hooks (idempotent)."""
         if self._handles:
             return
-        for row in self._layout.rows:
-            hook = self._forward_hook(row.index, row.act)
-            self._handles.append(row.module.register_forward_hook(hook))
+        self._handles = [m.register_forward_hook(hook) for m, hook in self._hooks]
 
     def disarm(self) -> None:
         """Remove the forward hooks; what they captured stays until :meth:`take`."""
@@ -94,11 +107,11 @@ class Capture:
         kept, hooked, copies = self._kept, self._hooked, self._copies
         self._kept, self._hooked, self._copies = [], [], []
         self._calls = [0] * len(self._layout.rows)
-        acts = [row.act for row in self._layout.rows]
+        acts = self._acts
         outs: list[list[torch.Tensor]] = [[] for _ in acts]
         grads: list[torch.Tensor] = []
         grad_rows: list[int] = []
-        for index, t, version, g in kept:
+        for index, t, version, box in kept:
             if t._version != version:
                 # Modified in place after the module returned: its values are not the module's.
                 # From now on this row copies its outputs.
@@ -106,6 +119,7 @@ class Capture:
                 continue
             if acts[index]:
                 outs[index].append(t.detach())
+            g = t.grad if box is None else box[0]
             if g is not None:
                 grads.append(g)
                 grad_rows.append(index)
@@ -138,10 +152,15 @@ class Capture:
                     if t.requires_grad:
                         t.register_hook(on_grad)  # type: ignore[no-untyped-call]
                     return
-                cell: list[Any] = [index, t, t._version, None]
-                self._kept.append(cell)
-                if t.requires_grad:
-                    t.register_hook(_into(cell))  # type: ignore[no-untyped-call]
+                if not t.requires_grad:
+                    self._kept.append((index, t, t._version, None))
+                elif t.numel() < HOOK_NUMEL:
+                    self._kept.append((index, t, t._version, None))
+                    t.retain_grad()
+                else:
+                    box: list[torch.Tensor | None] = [None]
+                    self._kept.append((index, t, t._version, box))
+                    t.register_hook(_into(box, self._on_fault))  # type: ignore[no-untyped-call]
             except Exception as exc:  # never raise into the user's forward
                 self._on_fault("forward hook", exc)
 

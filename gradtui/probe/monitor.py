@@ -132,6 +132,7 @@ class Monitor:
         first = next(iter(self._layout.params), None)
         self.device = first.device if first is not None else torch.device("cpu")
         self._numel = np.array([p.numel() for p in self._layout.params], dtype=np.float64)
+        self._geo: dict[bytes, tuple[Any, ...]] = {}
         self._margin = saturation_margin
         self._capture = Capture(self._layout, self._fault)
         self._updates = UpdateTracker(self._layout.params, update_sample)
@@ -425,7 +426,7 @@ class Monitor:
         # NaN/Inf are data here (exploding gradients), not numpy errors to warn about.
         with np.errstate(all="ignore"):
             table, total, loss, acc = assemble(
-                self._layout, entry.parts, entry.host.numpy(), self._numel
+                self._layout, entry.parts, entry.host.numpy(), self._numel, self._geo
             )
         loss = loss if entry.parts.tensor_loss else entry.loss
         acc = acc if entry.parts.tensor_acc else entry.acc

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -261,12 +262,18 @@ def _row_norm(rows: I64, values: F64, n_rows: int) -> tuple[F64, npt.NDArray[np.
 
 
 def assemble(
-    layout: Layout, parts: Parts, vec: npt.NDArray[np.float32], numel: F64
+    layout: Layout,
+    parts: Parts,
+    vec: npt.NDArray[np.float32],
+    numel: F64,
+    cache: dict[bytes, tuple[Any, ...]] | None = None,
 ) -> tuple[npt.NDArray[np.float32], float, float, float]:
     """Build the ``[rows, COLUMNS]`` float32 table from the host vector.
 
     Args:
         numel: element count of each parameter (float64), in ``layout.params`` order.
+        cache: index arrays of earlier calls with the same layout (the caller keeps one per
+            layout; they depend only on which parameters had gradients).
 
     Returns:
         ``(table, total_grad_norm, loss, acc)``; loss/acc NaN where not tensors.
@@ -292,21 +299,34 @@ def assemble(
     pair_rows, pair_params = layout.pair_rows, layout.pair_params
 
     # Gradients: scatter per-gradient values to per-parameter, then sum over each row's pairs.
-    per_param = np.full((4, n_p), np.nan)
+    # The index arrays depend only on which parameters have gradients: cached per pattern.
+    key = slots.tobytes()
+    geo = cache.get(key) if cache is not None else None
+    if geo is None:
+        has_grad = np.zeros(n_p, dtype=bool)
+        has_grad[slots] = True
+        mask = has_grad[pair_params]
+        g_rows, g_params = pair_rows[mask], pair_params[mask]
+        # rows ascending: a max per run of equal rows (NaN propagates)
+        starts = np.flatnonzero(np.concatenate([[True], g_rows[1:] != g_rows[:-1]]))
+        g_numel = np.bincount(g_rows, weights=numel[g_params], minlength=n_rows)
+        g_any = np.bincount(g_rows, minlength=n_rows) > 0
+        geo = (g_rows, g_params, starts, g_numel, g_any)
+        if cache is not None:
+            if len(cache) > 16:
+                cache.clear()
+            cache[key] = geo
+    g_rows, g_params, starts, g_numel, g_has = geo
+    per_param = np.full((3, n_p), np.nan)
     per_param[0, slots] = gn
     per_param[1, slots] = gmax
     per_param[2, slots] = nonfinite
-    has_grad = np.zeros(n_p, dtype=bool)
-    has_grad[slots] = True
-    mask = has_grad[pair_params]
-    g_rows, g_params = pair_rows[mask], pair_params[mask]
-    gnorm, g_has = _row_norm(g_rows, per_param[0, g_params], n_rows)
-    g_numel = np.bincount(g_rows, weights=numel[g_params], minlength=n_rows)
+    gp = per_param[:, g_params]
+    gnorm = np.sqrt(np.bincount(g_rows, weights=gp[0] * gp[0], minlength=n_rows))
     gmax_row = np.full(n_rows, np.nan)
-    if len(g_rows):  # rows ascending: a max per run of equal rows (NaN propagates)
-        starts = np.flatnonzero(np.r_[True, g_rows[1:] != g_rows[:-1]])
-        gmax_row[g_rows[starts]] = np.maximum.reduceat(per_param[1, g_params], starts)
-    nf_row = np.bincount(g_rows, weights=per_param[2, g_params], minlength=n_rows)
+    if len(g_rows):
+        gmax_row[g_rows[starts]] = np.maximum.reduceat(gp[1], starts)
+    nf_row = np.bincount(g_rows, weights=gp[2], minlength=n_rows)
     table[:, COL["grad_norm"]] = np.where(g_has, gnorm, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         table[:, COL["grad_rms"]] = np.where(g_has, gnorm / np.sqrt(g_numel), np.nan)

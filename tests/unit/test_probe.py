@@ -463,3 +463,65 @@ def test_large_tensors_take_the_per_tensor_max_path() -> None:
     want = max(float(g.abs().max()) for g in grads)
     assert t.get("0", "grad_max") == pytest.approx(want, rel=1e-6)
     assert math.isnan(t.get("2", "grad_max")) and t.get("2", "grad_nonfinite") == 1.0
+
+
+def _big_model() -> nn.Sequential:
+    # Outputs of 64x512 = 32768 elements: above HOOK_NUMEL, so gradients come from tensor hooks.
+    return nn.Sequential(nn.Linear(16, 512), nn.Tanh(), nn.Linear(512, 512), nn.Linear(512, 1))
+
+
+def test_large_outputs_take_the_gradient_hook_path() -> None:
+    """Guards the no-copy gradient hooks of large outputs: out_grad_norm equals the norm of an
+    independently hooked dLoss/d(output), also summed over two backward passes of one graph."""
+    from gradtui.probe.hooks import HOOK_NUMEL
+
+    def keep(name: str) -> Callable[[nn.Module, object, torch.Tensor], None]:
+        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+            assert out.numel() >= HOOK_NUMEL
+            out.register_hook(lambda g: got.setdefault(name, []).append(g.clone()))  # type: ignore[no-untyped-call]
+
+        return hook
+
+    for passes in (1, 2):
+        torch.manual_seed(0)
+        model = _big_model()
+        got: dict[str, list[torch.Tensor]] = {}
+        for name in ("0", "1", "2"):
+            model.get_submodule(name).register_forward_hook(keep(name))
+        mon = Monitor(model, publish=False)
+        loss = model(torch.randn(64, 16)).pow(2).mean()
+        for p in range(passes):
+            loss.backward(retain_graph=p + 1 < passes)  # type: ignore[no-untyped-call]
+        mon.step(loss)
+        mon.close()
+        t = mon.last
+        assert t is not None and mon.faults == 0
+        for name in ("0", "1", "2"):
+            want = float(torch.stack(got[name]).sum(0).norm())
+            assert t.get(name, "out_grad_norm") == pytest.approx(want, rel=RTOL)
+
+
+def test_hooked_outputs_are_freed_without_a_gc_pass() -> None:
+    """Guards against a reference cycle output -> grad_fn -> hook -> output: with the garbage
+    collector off, a published step's graph and outputs must be freed by reference counting."""
+    import gc
+    import weakref
+
+    torch.manual_seed(0)
+    model = _big_model()
+    mon = Monitor(model, publish=False)
+    refs: list[weakref.ref[torch.Tensor]] = []
+    model[0].register_forward_hook(lambda _m, _i, out: refs.append(weakref.ref(out)))
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(2):
+            loss = model(torch.randn(64, 16)).pow(2).mean()
+            model.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            mon.step(loss)
+            del loss
+        assert all(r() is None for r in refs)
+    finally:
+        gc.enable()
+        mon.close()
