@@ -3,14 +3,14 @@
 Hooks are registered only while a published step's forward/backward runs (``arm``/``disarm``),
 so unpublished steps pay nothing: no hook calls, and modules keep PyTorch's hook-free fast path.
 
-Output gradients of large outputs come from a tensor hook that keeps a reference to the
-gradient: ``retain_grad()`` clones every gradient (measured +0.6 ms of backward on a depth-20
-width-256 MLP, against the hooks' Python calls). Small outputs use ``retain_grad()`` (0.4 µs, in
-C++, against about 4 µs to register a Python hook plus its call in backward). An output later
-modified in place (``nn.ReLU(inplace=True)`` after a ``Linear``) no longer holds the module's
-values (and a retained gradient would be the modified tensor's): the tensor's version counter
-tells, that capture is discarded and the row switches to copying its outputs and hooking its
-gradient before the modification.
+Output gradients use ``retain_grad()`` (about 0.1 µs, in C++) rather than a Python tensor hook
+(about 10 µs to register, plus a Python call in backward). A no-copy gradient hook for large
+outputs was tried: what it saved in backward its registration cost in forward (no measurable
+gain on a depth-20 width-256 MLP, CPU), and it would expose gradients that a custom backward
+modifies in place. The catch of ``retain_grad``: if the output is later modified in place
+(``nn.ReLU(inplace=True)`` after a ``Linear``), the retained gradient is that of the modified
+tensor. The tensor's version counter tells; such a capture is discarded and the
+row switches to a tensor hook registered before the modification, which sees the right gradient.
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ MAX_CALLS = 16
 """Captures kept per row and step; bounds memory if a module runs many times (or in eval
 forwards with gradients enabled) before the next ``Monitor.step``."""
 
-HOOK_NUMEL = 16384
-"""Output size from which a Python gradient hook (no copy) beats ``retain_grad`` (a clone)."""
-
 FaultSink = Callable[[str, BaseException], None]
 _Tensor = torch.Tensor
 
@@ -44,23 +41,6 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
-def _into(box: list[torch.Tensor | None], on_fault: FaultSink) -> Callable[[torch.Tensor], None]:
-    """A gradient hook storing into ``box[0]`` (summed over repeated backward passes, like
-    ``retain_grad``). A reference, not a copy: autograd never writes into a gradient it handed to
-    a hook while another reference is alive. The box must not reference the output: output ->
-    grad_fn -> hook -> output would be a cycle keeping the whole graph alive until a GC pass."""
-
-    def on_grad(g: torch.Tensor) -> None:
-        try:
-            prev = box[0]
-            box[0] = g if prev is None else prev + g
-        except Exception as exc:  # never raise inside autograd
-            box[0] = None
-            on_fault("grad hook", exc)
-
-    return on_grad
-
-
 class Capture:
     """Collects, per row, the module outputs and their gradients."""
 
@@ -68,9 +48,8 @@ class Capture:
         self._layout = layout
         self._on_fault = on_fault
         self._handles: list[RemovableHandle] = []
-        self._kept: list[tuple[int, torch.Tensor, int, list[torch.Tensor | None] | None]] = []
-        """(row, output, version at capture, [its gradient or None], or None where the output
-        retains its gradient) in call order."""
+        self._kept: list[tuple[int, torch.Tensor, int]] = []
+        """(row, output, version at capture) in call order."""
         self._hooked: list[tuple[int, torch.Tensor]] = []
         """(row, gradient) delivered by tensor hooks, for rows whose outputs change in place."""
         self._copies: list[tuple[int, torch.Tensor]] = []
@@ -111,15 +90,15 @@ class Capture:
         outs: list[list[torch.Tensor]] = [[] for _ in acts]
         grads: list[torch.Tensor] = []
         grad_rows: list[int] = []
-        for index, t, version, box in kept:
+        for index, t, version in kept:
             if t._version != version:
-                # Modified in place after the module returned: its values are not the module's.
-                # From now on this row copies its outputs.
+                # Modified in place after the module returned: neither its values nor its
+                # retained gradient are the module's. From now on this row copies/hooks.
                 self._inplace[index] = True
                 continue
             if acts[index]:
                 outs[index].append(t.detach())
-            g = t.grad if box is None else box[0]
+            g = t.grad
             if g is not None:
                 grads.append(g)
                 grad_rows.append(index)
@@ -152,15 +131,9 @@ class Capture:
                     if t.requires_grad:
                         t.register_hook(on_grad)  # type: ignore[no-untyped-call]
                     return
-                if not t.requires_grad:
-                    self._kept.append((index, t, t._version, None))
-                elif t.numel() < HOOK_NUMEL:
-                    self._kept.append((index, t, t._version, None))
+                self._kept.append((index, t, t._version))
+                if t.requires_grad:
                     t.retain_grad()
-                else:
-                    box: list[torch.Tensor | None] = [None]
-                    self._kept.append((index, t, t._version, box))
-                    t.register_hook(_into(box, self._on_fault))  # type: ignore[no-untyped-call]
             except Exception as exc:  # never raise into the user's forward
                 self._on_fault("forward hook", exc)
 

@@ -466,18 +466,15 @@ def test_large_tensors_take_the_per_tensor_max_path() -> None:
 
 
 def _big_model() -> nn.Sequential:
-    # Outputs of 64x512 = 32768 elements: above HOOK_NUMEL, so gradients come from tensor hooks.
     return nn.Sequential(nn.Linear(16, 512), nn.Tanh(), nn.Linear(512, 512), nn.Linear(512, 1))
 
 
-def test_large_outputs_take_the_gradient_hook_path() -> None:
-    """Guards the no-copy gradient hooks of large outputs: out_grad_norm equals the norm of an
+def test_out_grad_norm_sums_repeated_backward_passes() -> None:
+    """Guards output-gradient capture on large outputs: out_grad_norm equals the norm of an
     independently hooked dLoss/d(output), also summed over two backward passes of one graph."""
-    from gradtui.probe.hooks import HOOK_NUMEL
 
     def keep(name: str) -> Callable[[nn.Module, object, torch.Tensor], None]:
         def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
-            assert out.numel() >= HOOK_NUMEL
             out.register_hook(lambda g: got.setdefault(name, []).append(g.clone()))  # type: ignore[no-untyped-call]
 
         return hook
@@ -502,8 +499,8 @@ def test_large_outputs_take_the_gradient_hook_path() -> None:
 
 
 def test_hooked_outputs_are_freed_without_a_gc_pass() -> None:
-    """Guards against a reference cycle output -> grad_fn -> hook -> output: with the garbage
-    collector off, a published step's graph and outputs must be freed by reference counting."""
+    """Guards against reference cycles through the capture (e.g. output -> grad_fn -> hook ->
+    output): with the garbage collector off, a step's graph and outputs must still be freed."""
     import gc
     import weakref
 
