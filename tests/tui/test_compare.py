@@ -190,6 +190,10 @@ async def test_compare_shows_runs_side_by_side_with_nan_and_hostile_names() -> N
         assert not screen.query_one(DepthProfile).empty
         assert not screen.query_one(LossOverlay).empty
         heat = {h.run: h for h in screen.query(CompareHeatmap)}
+        for _ in range(100):  # heatmaps redraw at most 5 Hz: wait (bounded) for the first one
+            if all(h.levels.size for h in heat.values()):
+                break
+            await pilot.pause(0.05)
         assert heat["sig"].scale == heat["relu"].scale == screen.scale
         # The vanishing run's input layers are darker than the healthy run's on that scale.
         assert heat["sig"].levels[0].mean() < heat["relu"].levels[0].mean()
