@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 from gradtui import __version__
@@ -32,6 +33,19 @@ def connect_for_writing(path: Path, max_bytes: int | None = None) -> sqlite3.Con
     path.parent.mkdir(parents=True, exist_ok=True)
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
     # timeout: how long to wait for another writer's lock (two recorders on one file).
+    # Switching to WAL and creating the schema can meet SQLITE_BUSY that the busy handler
+    # does not wait for (another recorder opening the same new file): retry, bounded.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return _open_for_writing(path, max_bytes)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _open_for_writing(path: Path, max_bytes: int | None) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True, timeout=30)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
