@@ -6,6 +6,7 @@ beyond the connection passed in.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import time
@@ -165,5 +166,6 @@ def run_file_name(name: str, run: str, when: float | None = None) -> str:
 
 
 def default_directory() -> Path:
-    """Where trainer runs are recorded unless told otherwise: ``./runs``."""
-    return Path("runs")
+    """Where trainer runs are recorded unless told otherwise: ``$GRADTUI_RECORD_DIR`` or
+    ``./runs`` (like TensorBoard's)."""
+    return Path(os.environ.get("GRADTUI_RECORD_DIR") or "runs")
