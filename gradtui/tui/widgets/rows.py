@@ -64,6 +64,9 @@ class RowView(ScrollView, can_focus=True):
 
     # --------------------------------------------------------------- subclass hooks
 
+    empty_hint: tuple[str, ...] = ()
+    """Lines shown (dimmed) under the header while there are no rows."""
+
     def row_cells(self, index: int) -> dict[str, Text]:
         """Cells of visible row ``index`` keyed by column key."""
         raise NotImplementedError
@@ -163,6 +166,9 @@ class RowView(ScrollView, can_focus=True):
             style = header_style
         else:
             index = int(self.scroll_offset.y) + y - 1
+            if self._count == 0 and 0 <= y - 1 < len(self.empty_hint):
+                hint = Segment(self.empty_hint[y - 1], base + Style(dim=True))
+                return Strip([hint]).crop_extend(0, width, base)
             if index >= self._count:
                 return Strip.blank(width, base)
             text = self._join(self.row_cells(index), width)

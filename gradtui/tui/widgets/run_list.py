@@ -43,6 +43,13 @@ class RunList(RowView):
             super().__init__()
             self.run = run
 
+    empty_hint = (
+        "waiting for runs…",
+        "start one in another terminal:",
+        "  python -m trainer --act sigmoid",
+        "or try: gradtui demo",
+    )
+
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.rows: list[RunRow] = []
