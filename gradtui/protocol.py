@@ -163,6 +163,16 @@ class End(Message):
 AnyMessage: TypeAlias = Hello | Step | Heartbeat | End
 
 
+def end_status(exc: BaseException | None) -> tuple[EndStatus, str]:
+    """How a run that stopped with ``exc`` (None: normally) ends on the wire."""
+    if exc is None:
+        return "finished", ""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", "KeyboardInterrupt"
+    first_line = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0]
+    return "crashed", first_line[:MAX_TEXT_CHARS]
+
+
 # --------------------------------------------------------------------------- encoding
 
 

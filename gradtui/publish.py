@@ -53,6 +53,7 @@ from gradtui.protocol import (
     Step,
     decode,
     encode,
+    end_status,
     valid_run_id,
 )
 from gradtui.snapshot import HistoryStore, SnapshotServer
@@ -377,12 +378,7 @@ class Publisher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            self.close("finished")
-        elif isinstance(exc, KeyboardInterrupt):
-            self.close("interrupted", "KeyboardInterrupt")
-        else:
-            self.close("crashed", f"{type(exc).__name__}: {exc}")
+        self.close(*end_status(exc))
 
 
 class _SenderLoop:

@@ -15,6 +15,7 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,30 @@ def _remove_dead(entry: RunEntry, path: Path, directory: Path) -> None:
         if sock.parent.resolve() == directory.resolve():
             with contextlib.suppress(FileNotFoundError):
                 sock.unlink()
+
+
+def printable(text: str) -> str:
+    """Wire and registry strings are untrusted: replace control characters before printing."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def resolve_endpoints(targets: Sequence[str], entries: Iterable[RunEntry]) -> list[str]:
+    """Endpoints for ``targets``: endpoints as given, run ids or names looked up in ``entries``.
+
+    Raises:
+        GradtuiError: a name matching no entry (exit 2; the message lists the live runs).
+    """
+    from gradtui.endpoints import is_endpoint  # deferred: keeps `import registry` light
+
+    entries = list(entries)
+    out: list[str] = []
+    for target in targets:
+        if is_endpoint(target):
+            out.append(target)
+            continue
+        found = [e.endpoint for e in entries if target in (e.run, e.name)]
+        if not found:
+            live = ", ".join(printable(e.run) for e in entries) or "none"
+            raise GradtuiError(f"no live run {printable(target)!r}; live runs: {live}", code=2)
+        out.extend(found)
+    return list(dict.fromkeys(out))

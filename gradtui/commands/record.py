@@ -57,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _clean(text: str) -> str:
-    """Wire strings are untrusted: no control characters on the terminal."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
+    from gradtui.registry import printable
+
+    return printable(text)
 
 
 class _Targets:
@@ -84,25 +85,14 @@ class _Targets:
         return entries
 
     def resolve(self) -> list[str]:
+        from gradtui import registry
         from gradtui.endpoints import is_endpoint
-        from gradtui.errors import GradtuiError
 
         needs_registry = self.follow_registry or not all(map(is_endpoint, self.targets))
         entries = self.lookup() if needs_registry else []
-        self.names.update((e.run, e.name) for e in entries)
         if self.follow_registry:
             return [e.endpoint for e in entries]
-        out: list[str] = []
-        for target in self.targets:
-            if is_endpoint(target):
-                out.append(target)
-                continue
-            found = [e.endpoint for e in entries if target in (e.run, e.name)]
-            if not found:
-                live = ", ".join(_clean(e.run) for e in entries) or "none"
-                raise GradtuiError(f"no live run {_clean(target)!r}; live runs: {live}", code=2)
-            out.extend(found)
-        return list(dict.fromkeys(out))
+        return registry.resolve_endpoints(self.targets, entries)
 
 
 def _record(args: argparse.Namespace) -> int:

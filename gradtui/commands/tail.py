@@ -65,17 +65,7 @@ def resolve_targets(targets: list[str]) -> list[str]:
         if not entries:
             raise GradtuiError("no live runs on this machine; give an endpoint", code=1)
         return list(dict.fromkeys(e.endpoint for e in entries))
-    out: list[str] = []
-    for target in targets:
-        if is_endpoint(target):
-            out.append(target)
-            continue
-        matches = [e.endpoint for e in entries if target in (e.run, e.name)]
-        if not matches:
-            live = ", ".join(clean(e.run) for e in entries) or "none"
-            raise GradtuiError(f"no live run {clean(target)!r}; live runs: {live}", code=2)
-        out.extend(matches)
-    return list(dict.fromkeys(out))
+    return registry.resolve_endpoints(targets, entries)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -83,7 +73,9 @@ def resolve_targets(targets: list[str]) -> list[str]:
 
 def clean(text: str) -> str:
     """Wire strings are untrusted: replace control characters (ESC, CR...) before printing."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
+    from gradtui.registry import printable
+
+    return printable(text)
 
 
 def json_float(x: float) -> float | str:

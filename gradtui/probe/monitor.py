@@ -28,7 +28,14 @@ from gradtui.probe.stats import (
 )
 from gradtui.probe.table import StatsTable
 from gradtui.probe.updates import DEFAULT_SAMPLE, UpdateTracker
-from gradtui.protocol import COLUMNS, MAX_CONFIG_ITEMS, MAX_TEXT_CHARS, ConfigValue, LayerInfo
+from gradtui.protocol import (
+    COLUMNS,
+    MAX_CONFIG_ITEMS,
+    MAX_TEXT_CHARS,
+    ConfigValue,
+    LayerInfo,
+    end_status,
+)
 
 if TYPE_CHECKING:
     from gradtui.publish import Publisher
@@ -266,12 +273,7 @@ class Monitor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            self.close("finished")
-        elif isinstance(exc, KeyboardInterrupt):
-            self.close("interrupted", "KeyboardInterrupt")
-        else:
-            self.close("crashed", f"{type(exc).__name__}: {exc}".splitlines()[0][:MAX_TEXT_CHARS])
+        self.close(*end_status(exc))
 
     # ------------------------------------------------------------------ the step path
 

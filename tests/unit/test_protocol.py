@@ -306,3 +306,14 @@ def test_valid_run_id() -> None:
     assert not valid_run_id("a/b")
     assert not valid_run_id("x" * 65)
     assert topic("r", "end") == b"gt1/r/end"
+
+
+def test_end_status_maps_how_a_run_stopped() -> None:
+    """Guards the shared exit mapping of Monitor and Publisher context managers."""
+    from gradtui.protocol import MAX_TEXT_CHARS, end_status
+
+    assert end_status(None) == ("finished", "")
+    assert end_status(KeyboardInterrupt()) == ("interrupted", "KeyboardInterrupt")
+    status, reason = end_status(ValueError("bad\nsecond line" + "x" * 9000))
+    assert status == "crashed" and reason == "ValueError: bad"
+    assert len(end_status(RuntimeError("y" * 9000))[1]) == MAX_TEXT_CHARS

@@ -167,3 +167,19 @@ def test_pid_alive() -> None:
     assert registry.pid_alive(os.getpid())
     assert not registry.pid_alive(_dead_pid())
     assert not registry.pid_alive(0)
+
+
+def test_resolve_endpoints_names_ids_and_errors() -> None:
+    """Guards the one shared lookup behind tail/record: ids, names, endpoints, clear failure."""
+    from gradtui.errors import GradtuiError
+    from gradtui.registry import RunEntry, resolve_endpoints
+
+    entries = [
+        RunEntry(run="a-1", name="alpha", endpoint="ipc:///x/a.sock", pid=1, host="h", started=0),
+        RunEntry(run="b-2", name="beta", endpoint="tcp://127.0.0.1:9", pid=2, host="h", started=0),
+    ]
+    got = resolve_endpoints(["alpha", "b-2", "tcp://127.0.0.1:5", "a-1"], entries)
+    assert got == ["ipc:///x/a.sock", "tcp://127.0.0.1:9", "tcp://127.0.0.1:5"]
+    with pytest.raises(GradtuiError, match=r"no live run 'ga\?ma'; live runs: a-1, b-2") as err:
+        resolve_endpoints(["ga\x1bma"], entries)
+    assert err.value.code == 2
